@@ -1,0 +1,190 @@
+"""The ``dicmor`` command line: one function per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from dicmor.config import Config, ConfigError, load_config, parse_override, preset_names
+from dicmor.data.dataset import DataError
+from dicmor.missing.protocols import MissingProtocol, MissingProtocolError
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    overrides = dict(parse_override(text) for text in args.set or [])
+    config = load_config(args.config, overrides)
+    changes: dict[str, object] = {}
+    if getattr(args, "method", None):
+        changes["model.method"] = args.method
+    if getattr(args, "seed", None) is not None:
+        changes["train.seed"] = args.seed
+    if getattr(args, "device", None):
+        changes["train.device"] = args.device
+    if getattr(args, "output_dir", None):
+        changes["output_dir"] = args.output_dir
+    if getattr(args, "data", None):
+        changes["data.source"] = args.data
+    config = config.replace(**changes)
+    if getattr(args, "missing", None):
+        config = Config(config.data, config.model, config.train,
+                        MissingProtocol.from_string(args.missing), config.output_dir)
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train one method under one missing protocol and report its test metrics."""
+    from dicmor.reporting.tables import metrics_table
+    from dicmor.training.run import run_experiment
+
+    config = _config_from_args(args)
+    result = run_experiment(config, name=args.name)
+    row = {"method": config.model.method, "protocol": str(config.missing),
+           "metrics": result.metrics}
+    print(metrics_table([row], result.model.info.task, ["method", "protocol"]))
+    print(f"run written to {result.run_dir}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Evaluate a trained run under any protocol (or saved masks) on one split."""
+    from dicmor.evaluation.evaluate import evaluate
+    from dicmor.missing.protocols import load_masks, make_masks
+    from dicmor.reporting.tables import metrics_table
+    from dicmor.training.run import load_checkpoint, load_data, resolve_device
+
+    device = resolve_device(args.device or "cpu")
+    model, config = load_checkpoint(args.run, device)
+    dataset = load_data(config.data)
+    names = dataset.modality_names
+    if args.masks:
+        masks, mask_names = load_masks(args.masks)
+        if tuple(mask_names) != names:
+            raise DataError(f"{args.masks}: masks are for modalities {mask_names}, not {names}")
+        label = f"masks {Path(args.masks).name}"
+    else:
+        protocol = MissingProtocol.from_string(args.missing) if args.missing else config.missing
+        seed = args.seed if args.seed is not None else config.train.seed
+        presents = {s: split.present for s, split in dataset.splits.items()}
+        masks = make_masks(protocol, presents, names, seed)
+        label = str(protocol)
+    if args.split not in masks:
+        raise DataError(f"no mask for split '{args.split}'")
+    metrics, _ = evaluate(model, dataset.splits[args.split], names, masks[args.split],
+                          batch_size=config.train.batch_size, device=device)
+    row = {"method": config.model.method, "protocol": label, "split": args.split,
+           "metrics": metrics}
+    print(metrics_table([row], model.info.task, ["method", "protocol", "split"]))
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    with open(run_dir / "evaluations.jsonl", "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Train each method at several missing rates on the embedded dataset; print one table."""
+    from dicmor.registry import model_names
+    from dicmor.reporting.tables import metrics_table
+    from dicmor.training.run import run_experiment
+
+    base = _config_from_args(args)
+    methods = args.methods or [m for m in ("zero_fill", "dicmor") if m in model_names()]
+    rows = []
+    for rate in args.rates:
+        for method in methods:
+            protocol = MissingProtocol(kind="random", rate=rate) if rate > 0 else MissingProtocol()
+            config = base.replace(**{"model.method": method})
+            config = Config(config.data, config.model, config.train, protocol, config.output_dir)
+            print(f"== {method} at missing rate {rate:.1f}", flush=True)
+            result = run_experiment(config)
+            rows.append({"MR": f"{rate:.1f}", "method": method, "metrics": result.metrics})
+            task = result.model.info.task
+    print()
+    print(metrics_table(rows, task, ["MR", "method"]))
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> None:
+    """Print splits, modalities, shapes, label statistics, non-finite and missing counts."""
+    from dicmor.data import describe
+    from dicmor.training.run import load_data
+    from dicmor.config import DataConfig
+
+    print(describe(load_data(DataConfig(source=args.source))))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    """List the registered methods."""
+    from dicmor.registry import get_model_class, model_names
+
+    for name in model_names():
+        doc = (get_model_class(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:12s} {doc}")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", default="demo",
+                        help=f"preset name ({', '.join(preset_names())}) or YAML path")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
+    parser.add_argument("--seed", type=int, help="seed of weights, shuffling and masks")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--output-dir", help="where run folders are written")
+    parser.add_argument("--data", help="dataset: mfeat, or a path to an MMSA .pkl or .npz file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicmor",
+        description="DiCMoR and baselines for multimodal learning with missing modalities.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
+    _add_run_options(train)
+    train.add_argument("--method", help="registered method (see `dicmor models`)")
+    train.add_argument("--missing", help="protocol: none, random:0.3, fixed:text+audio, "
+                       "legacy-batch:0.5")
+    train.add_argument("--name", help="run folder name (default: time, data, method, protocol)")
+    train.set_defaults(func=cmd_train)
+
+    ev = commands.add_parser("evaluate", help=cmd_evaluate.__doc__,
+                             description=cmd_evaluate.__doc__)
+    ev.add_argument("run", help="a run folder or checkpoint.pt")
+    ev.add_argument("--missing", help="protocol (default: the run's own)")
+    ev.add_argument("--seed", type=int, help="mask seed (default: the run's seed)")
+    ev.add_argument("--masks", help="a masks.npz to use instead of a protocol")
+    ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    ev.set_defaults(func=cmd_evaluate)
+
+    demo = commands.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
+    _add_run_options(demo)
+    demo.add_argument("--methods", nargs="+", help="methods to compare")
+    demo.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.2, 0.4, 0.6],
+                      help="random missing rates")
+    demo.set_defaults(func=cmd_demo)
+
+    data = commands.add_parser("data", help="dataset tools")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_commands.add_parser("inspect", help=cmd_data_inspect.__doc__,
+                                       description=cmd_data_inspect.__doc__)
+    inspect.add_argument("source", help="mfeat, or a path to an MMSA .pkl or .npz file")
+    inspect.set_defaults(func=cmd_data_inspect)
+
+    models = commands.add_parser("models", help=cmd_models.__doc__)
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, MissingProtocolError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

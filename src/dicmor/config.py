@@ -1,0 +1,313 @@
+"""Run configuration: frozen dataclasses, loaded from YAML and validated.
+
+Every number a run uses lives here. A YAML file mirrors the dataclasses: unknown keys, wrong
+types and out-of-range values are errors naming the file and the dotted key. Presets ship in
+``configs/``; ``load_config("demo")`` finds them by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from dicmor.fusion.mult import MulTConfig
+from dicmor.missing.protocols import MissingProtocol
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from."""
+
+    source: str = "mfeat"
+    """A dataset name (``mfeat``) or a path to an MMSA ``.pkl`` or generic ``.npz`` file."""
+    modalities: tuple[str, ...] | None = None
+    """The modalities to use, in order; ``None`` keeps all (or the embedded default views)."""
+    seq_len: int | None = None
+    """Resample every modality of an MMSA file to this length (needed for unaligned files)."""
+    split_seed: int = 0
+    """Seed of the stratified train/valid/test split of the embedded dataset."""
+
+    def __post_init__(self) -> None:
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ConfigError(f"data.seq_len must be positive, got {self.seq_len}")
+
+
+@dataclass(frozen=True)
+class DiCMoRConfig:
+    """Hyperparameters of DiCMoR's flows, transfer and refinement (SPEC §5)."""
+
+    flow_steps: int = 32
+    """Number K of flow steps per modality."""
+    flow_step_type: Literal["glow", "coupling-only"] = "glow"
+    """``glow``: ActNorm, invertible 1x1 convolution, affine coupling; ``coupling-only``: the
+    public code's coupling layers alone (for parity experiments)."""
+    flow_hidden: int = 64
+    """Hidden width of the coupling conditioner."""
+    transfer: Literal["mean", "decode-merge"] = "mean"
+    """How several available modalities recover a missing one: ``mean`` fuses their latents and
+    decodes once; ``decode-merge`` decodes each latent and merges the decodings with a 1x1 conv."""
+    refine_blocks: int = 20
+    """Residual channel-attention blocks R of the refinement network."""
+    refine_reduction: int = 16
+    """Channel reduction of the channel attention."""
+    nll_weight: float = 0.1
+    """Weight of the summed flow NLLs (bits per dimension) in the total loss."""
+    reconstruction_weight: float = 0.1
+    """Weight of the reconstruction MSE of recovered features in the total loss."""
+    stage1_epochs: int | None = None
+    """Maximum epochs of stage 1 (complete data); ``None`` uses ``train.max_epochs``."""
+
+    def __post_init__(self) -> None:
+        if self.flow_steps < 1 or self.flow_hidden < 1 or self.refine_blocks < 0:
+            raise ConfigError("model.dicmor: flow_steps and flow_hidden must be >= 1")
+        if self.refine_reduction < 1:
+            raise ConfigError("model.dicmor.refine_reduction must be >= 1")
+        if self.nll_weight < 0 or self.reconstruction_weight < 0:
+            raise ConfigError("model.dicmor: loss weights must be >= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The method and the parts every method shares."""
+
+    method: str = "zero_fill"
+    """A name from the model registry (``dicmor models`` lists them)."""
+    kernel_size: int = 1
+    """Temporal kernel of the shallow Conv1d extractor (no padding)."""
+    input_dropout: dict[str, float] = field(default_factory=dict)
+    """Dropout on a modality's raw input, by modality name (the published text dropout)."""
+    text_encoder: str | None = None
+    """A local Hugging Face BERT-like model directory run on ``text_bert`` tokens."""
+    mult: MulTConfig = field(default_factory=lambda: MulTConfig())
+    """The Multimodal Transformer fusion."""
+    dicmor: DiCMoRConfig = field(default_factory=DiCMoRConfig)
+    """DiCMoR's own hyperparameters (read only by the ``dicmor`` method)."""
+
+    def __post_init__(self) -> None:
+        if self.kernel_size < 1:
+            raise ConfigError(f"model.kernel_size must be >= 1, got {self.kernel_size}")
+        for name, p in self.input_dropout.items():
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"model.input_dropout.{name} must lie in [0, 1), got {p}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The one training loop (SPEC §5.9)."""
+
+    batch_size: int = 32
+    """Samples per step (before accumulation)."""
+    grad_accum: int = 1
+    """Steps whose gradients are summed before one optimiser update."""
+    lr: float = 1e-4
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    clip_value: float | None = 0.6
+    """Clip every gradient element to [-clip_value, clip_value]; ``None`` disables."""
+    max_epochs: int = 100
+    """Upper bound on epochs per stage."""
+    patience: int = 10
+    """Stop after this many epochs without validation improvement."""
+    lr_patience: int = 5
+    """ReduceLROnPlateau patience (epochs) on the validation loss."""
+    lr_factor: float = 0.5
+    """ReduceLROnPlateau factor."""
+    seed: int = 1111
+    """Seed of weights, shuffling and missing masks."""
+    device: str = "cpu"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    num_threads: int | None = None
+    """CPU threads for PyTorch; ``None`` keeps PyTorch's default."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        positive = {
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if not 0 < self.lr_factor < 1:
+            raise ConfigError(f"train.lr_factor must lie in (0, 1), got {self.lr_factor}")
+        if self.clip_value is not None and self.clip_value <= 0:
+            raise ConfigError(f"train.clip_value must be positive, got {self.clip_value}")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"train.device must be cpu, cuda[:N] or auto, got {self.device}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: data, model, training and the missing protocol of stage 2 / evaluation."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    missing: MissingProtocol = field(default_factory=MissingProtocol)
+    output_dir: str = "runs"
+    """Directory under which each run writes its own folder."""
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with dotted-key changes, e.g. ``replace(**{"train.lr": 1e-3})``."""
+        return apply_overrides(self, changes)
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``, or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {list(args)}, got {value!r}")
+        return value
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return from_dict(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and bad values raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key '{where}{unknown[0]}' (known: {sorted(names)})")
+    kwargs = {
+        name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in data.items()
+    }
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{prefix or cls.__name__}: {error}") from error
+
+
+def to_dict(obj: Any) -> Any:
+    """A YAML-ready plain structure of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a preset name or YAML path, apply dotted-key overrides, validate."""
+    path = Path(source)
+    if not path.suffix and (PRESET_DIR / f"{source}.yaml").exists():
+        path = PRESET_DIR / f"{source}.yaml"
+    if not path.exists():
+        raise ConfigError(f"{source}: no such config file or preset (presets: {preset_names()})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        config = from_dict(Config, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    return apply_overrides(config, overrides or {})
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Apply ``{"train.lr": 0.001, ...}`` to a config and re-validate."""
+    if not overrides:
+        return config
+    data = to_dict(config)
+    for dotted, value in overrides.items():
+        node = data
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"unknown key '{dotted}'")
+            node = node[part]
+            if node is None:
+                raise ConfigError(f"unknown key '{dotted}'")
+        if not isinstance(node, dict) or parts[-1] not in node:
+            raise ConfigError(f"unknown key '{dotted}'")
+        node[parts[-1]] = value
+    return from_dict(Config, data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` (value read as YAML) from the command line."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)

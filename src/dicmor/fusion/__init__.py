@@ -1,0 +1,5 @@
+"""Fusion networks over named modality sequences."""
+
+from dicmor.fusion.mult import MulT, MulTConfig
+
+__all__ = ["MulT", "MulTConfig"]

@@ -1,0 +1,216 @@
+"""Multimodal Transformer (MulT) fusion, generalised to any number of named modalities.
+
+Tsai et al., "Multimodal Transformer for Unaligned Multimodal Language Sequences", ACL 2019.
+For each target modality m, one crossmodal transformer per other modality lets m's sequence attend
+to that source; their outputs are concatenated along channels and summarised by a self-attention
+transformer whose last time step represents m. The per-modality vectors are concatenated and passed
+through a residual two-layer MLP and a linear head. DiCMoR (Wang et al., ICCV 2023) uses this as its
+fusion network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from dicmor.nn.transformer import TransformerEncoder
+
+__all__ = ["MulT", "MulTConfig"]
+
+
+@dataclass(frozen=True)
+class MulTConfig:
+    """Hyperparameters of `MulT`. Defaults follow the published MOSI configuration."""
+
+    dim: int = 32
+    """Width d of every modality's features and of each crossmodal transformer."""
+
+    num_heads: int = 8
+    """Attention heads; must divide `dim`."""
+
+    num_layers: int = 4
+    """Layers L of each crossmodal transformer; the self-attention ones use max(L, 3)."""
+
+    attn_dropout: float = 0.3
+    """Attention-weight dropout, for targets without an override and for self-attention."""
+
+    attn_dropout_by_modality: dict[str, float] | None = None
+    """Attention dropout of the crossmodal transformers into a given target modality,
+    e.g. {"audio": 0.2, "vision": 0.0}."""
+
+    relu_dropout: float = 0.1
+    """Dropout after the feed-forward ReLU in every transformer layer."""
+
+    res_dropout: float = 0.1
+    """Dropout on each transformer sub-layer's output before its residual sum."""
+
+    embed_dropout: float = 0.2
+    """Dropout on the position-augmented transformer inputs."""
+
+    out_dropout: float = 0.5
+    """Dropout inside the residual MLP before the head."""
+
+    attn_mask: bool = False
+    """Hide future time steps in every attention (causal transformers)."""
+
+    def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ValueError(f"MulTConfig.dim: must be >= 1, got {self.dim}")
+        if self.num_heads < 1:
+            raise ValueError(f"MulTConfig.num_heads: must be >= 1, got {self.num_heads}")
+        if self.dim % self.num_heads != 0:
+            raise ValueError(
+                f"MulTConfig.dim: {self.dim} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.num_layers < 1:
+            raise ValueError(f"MulTConfig.num_layers: must be >= 1, got {self.num_layers}")
+        for name in ("attn_dropout", "relu_dropout", "res_dropout", "embed_dropout", "out_dropout"):
+            _check_probability(f"MulTConfig.{name}", getattr(self, name))
+        if self.attn_dropout_by_modality is not None:
+            if not isinstance(self.attn_dropout_by_modality, Mapping):
+                raise ValueError(
+                    "MulTConfig.attn_dropout_by_modality: must be a mapping from modality name "
+                    f"to dropout, got {type(self.attn_dropout_by_modality).__name__}"
+                )
+            for modality, value in self.attn_dropout_by_modality.items():
+                _check_probability(f"MulTConfig.attn_dropout_by_modality[{modality!r}]", value)
+            # A private copy, so that mutating the caller's dict cannot change a frozen config.
+            object.__setattr__(
+                self, "attn_dropout_by_modality", dict(self.attn_dropout_by_modality)
+            )
+
+    def attn_dropout_for(self, target: str) -> float:
+        """Attention dropout of the crossmodal transformers into `target`."""
+        overrides = self.attn_dropout_by_modality or {}
+        return overrides.get(target, self.attn_dropout)
+
+
+def _check_probability(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: must be a number in [0, 1), got {value!r}")
+
+
+class MulT(nn.Module):
+    """Multimodal Transformer over M ≥ 2 named modalities.
+
+    Modules are keyed by modality name: `crossmodal[target][source]` is the crossmodal
+    transformer from `source` into `target`, `self_attention[target]` the transformer over the
+    concatenated crossmodal outputs of `target`.
+
+    Args:
+        modality_names: the modalities, in the order their vectors are concatenated.
+        config: hyperparameters.
+        output_dim: size of the prediction (1 for regression, K classes for classification).
+
+    Shapes:
+        features: {name: (B, d, T_name)} (lengths may differ) → (B, output_dim)
+    """
+
+    def __init__(self, modality_names: Sequence[str], config: MulTConfig, output_dim: int) -> None:
+        super().__init__()
+        names = list(modality_names)
+        if len(names) < 2:
+            raise ValueError(f"MulT.modality_names: need at least 2 modalities, got {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"MulT.modality_names: names must be unique, got {names}")
+        if not all(isinstance(n, str) and n for n in names):
+            raise ValueError(f"MulT.modality_names: names must be non-empty strings, got {names}")
+        unknown = sorted(set(config.attn_dropout_by_modality or {}) - set(names))
+        if unknown:
+            raise ValueError(
+                f"MulTConfig.attn_dropout_by_modality: unknown modalities {unknown} "
+                f"(model modalities: {names})"
+            )
+        if output_dim < 1:
+            raise ValueError(f"MulT.output_dim: must be >= 1, got {output_dim}")
+        self.modality_names = tuple(names)
+        self.config = config
+        self.output_dim = output_dim
+        dim = config.dim
+        num_sources = len(names) - 1
+
+        self.crossmodal = nn.ModuleDict(
+            {
+                target: nn.ModuleDict(
+                    {
+                        source: TransformerEncoder(
+                            dim,
+                            config.num_heads,
+                            config.num_layers,
+                            attn_dropout=config.attn_dropout_for(target),
+                            relu_dropout=config.relu_dropout,
+                            res_dropout=config.res_dropout,
+                            embed_dropout=config.embed_dropout,
+                            attn_mask=config.attn_mask,
+                        )
+                        for source in names
+                        if source != target
+                    }
+                )
+                for target in names
+            }
+        )
+        self.self_attention = nn.ModuleDict(
+            {
+                target: TransformerEncoder(
+                    num_sources * dim,
+                    config.num_heads,
+                    max(config.num_layers, 3),
+                    attn_dropout=config.attn_dropout,
+                    relu_dropout=config.relu_dropout,
+                    res_dropout=config.res_dropout,
+                    embed_dropout=config.embed_dropout,
+                    attn_mask=config.attn_mask,
+                )
+                for target in names
+            }
+        )
+        fused = len(names) * num_sources * dim
+        self.representation_dim = fused
+        self.proj1 = nn.Linear(fused, fused)
+        self.proj2 = nn.Linear(fused, fused)
+        self.out_dropout = nn.Dropout(config.out_dropout)
+        self.head = nn.Linear(fused, output_dim)
+
+    def _check(self, features: Mapping[str, Tensor]) -> None:
+        if set(features) != set(self.modality_names):
+            raise ValueError(
+                f"MulT: features must have exactly the modalities {list(self.modality_names)}, "
+                f"got {sorted(features)}"
+            )
+        batch = None
+        for name, x in features.items():
+            if x.dim() != 3 or x.shape[1] != self.config.dim:
+                raise ValueError(
+                    f"MulT: features[{name!r}] must be (B, {self.config.dim}, T), "
+                    f"got {tuple(x.shape)}"
+                )
+            if batch is not None and x.shape[0] != batch:
+                raise ValueError(
+                    f"MulT: features[{name!r}] has batch size {x.shape[0]}, others have {batch}"
+                )
+            batch = x.shape[0]
+
+    def representation(self, features: Mapping[str, Tensor]) -> Tensor:
+        """Fused vector before the MLP: {name: (B, d, T_name)} → (B, M·(M−1)·d)."""
+        self._check(features)
+        sequences = {name: x.transpose(1, 2) for name, x in features.items()}  # (B, T, d) each
+        summaries = []
+        for target in self.modality_names:
+            query = sequences[target]
+            crossed = [
+                encoder(query, sequences[source])
+                for source, encoder in self.crossmodal[target].items()
+            ]  # (M − 1) × (B, T_target, d)
+            hidden = self.self_attention[target](torch.cat(crossed, dim=-1))  # (B, T, (M−1)·d)
+            summaries.append(hidden[:, -1])  # (B, (M−1)·d)
+        return torch.cat(summaries, dim=-1)  # (B, M·(M−1)·d)
+
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        """{name: (B, d, T_name)} → (B, output_dim)."""
+        fused = self.representation(features)  # (B, M·(M−1)·d)
+        fused = fused + self.proj2(self.out_dropout(self.proj1(fused).relu()))
+        return self.head(fused)

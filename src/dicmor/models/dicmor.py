@@ -1,0 +1,195 @@
+"""DiCMoR: Distribution-Consistent Modal Recovering.
+
+Wang, Cui, Li, "Distribution-Consistent Modal Recovering for Incomplete Multimodal Learning",
+ICCV 2023. Each modality has a normalizing flow that maps its shallow features to a latent
+space where every modality of class c follows one shared Gaussian N(μ_c, diag σ_c²). A missing
+modality is recovered by encoding the available modalities, fusing their latents and decoding
+with the missing modality's inverse flow, so the recovered features follow that modality's own
+class-conditional distribution; a residual channel-attention network then refines them and the
+Multimodal Transformer fuses all modalities.
+
+Labels are used only by the loss (the flow NLL needs the class); ``forward`` never reads them,
+nor any value of a missing modality.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dicmor.config import ModelConfig
+from dicmor.data.labels import prior_classes
+from dicmor.flows.glow import Flow
+from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
+from dicmor.fusion.mult import MulT
+from dicmor.models.base import DataInfo, MultimodalModel, Stage
+from dicmor.models.extractors import ShallowExtractors
+from dicmor.nn.rcan import RefinementNetwork
+from dicmor.registry import register
+
+
+@register("dicmor")
+class DiCMoR(MultimodalModel):
+    """Class-specific flows recover missing modalities; MulT fuses (Wang et al., ICCV 2023)."""
+
+    def __init__(self, info: DataInfo, config: ModelConfig) -> None:
+        super().__init__(info, config)
+        options = config.dicmor
+        dim = config.mult.dim
+        names = info.modality_names
+        self.extractors = ShallowExtractors(info, config)
+        self.flows = nn.ModuleDict(
+            {
+                m: Flow(dim, options.flow_steps, options.flow_step_type, options.flow_hidden)
+                for m in names
+            }
+        )
+        self.prior = ClassConditionalPrior(info.prior_classes, dim)
+        self.refiners = nn.ModuleDict(
+            {m: RefinementNetwork(dim, options.refine_blocks, options.refine_reduction) for m in names}
+        )
+        self.mergers = (
+            nn.ModuleDict(
+                {m: nn.Conv1d((len(names) - 1) * dim, dim, 1) for m in names}
+            )
+            if options.transfer == "decode-merge"
+            else None
+        )
+        self.fusion = MulT(names, config.mult, info.output_dim)
+
+    def stages(self) -> list[Stage]:
+        """Stage 1 on complete data (cacheable), stage 2 under the missing protocol."""
+        return [
+            Stage("complete", complete_data=True, max_epochs=self.config.dicmor.stage1_epochs),
+            Stage("missing"),
+        ]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Stage 2 freezes the shallow extractors (and the text encoder)."""
+        frozen = stage.name == "missing"
+        for p in self.extractors.parameters():
+            p.requires_grad_(not frozen)
+
+    def forward(self, batch: dict) -> dict[str, Any]:
+        """Recover what is missing, fuse, predict.
+
+        Returns ``prediction`` ((B,) or (B, K)), ``features`` ({m: (B, d, T')} with recovered
+        entries filled in), ``latents`` ({m: (index (n,), z (n, d, T'), logdet (n,))} for the
+        available samples of each modality, computed when training or when needed for recovery)
+        and ``recovered`` ({m: (index (n,), refined (n, d, T'))} for the samples missing m).
+        """
+        features = self.extractors(batch)
+        available = batch["available"]  # (B, M)
+        missing_any = not bool(available.all())
+        latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        if self.training or missing_any:
+            for j, m in enumerate(self.info.modality_names):
+                index = available[:, j].nonzero().squeeze(1)
+                if index.numel() == 0:
+                    continue
+                z, logdet = self.flows[m](features[m].index_select(0, index))  # (n, d, T')
+                latents[m] = (index, z, logdet)
+        recovered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if missing_any:
+            features, recovered = self._recover(features, available, latents)
+        prediction = self.fusion(features)
+        if self.info.task == "regression":
+            prediction = prediction.squeeze(-1)  # (B,)
+        return {
+            "prediction": prediction,
+            "features": features,
+            "latents": latents,
+            "recovered": recovered,
+        }
+
+    def _recover(
+        self,
+        features: dict[str, torch.Tensor],
+        available: torch.Tensor,
+        latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Fill every missing (sample, modality) entry from that sample's available modalities."""
+        names = self.info.modality_names
+        reference = next(iter(features.values()))
+        # Latents of every modality on the whole batch (zeros where unavailable), detached: the
+        # flows learn from their NLL only, not from the recovery.
+        full = torch.zeros(
+            len(names), *reference.shape, dtype=reference.dtype, device=reference.device
+        )  # (M, B, d, T')
+        for j, m in enumerate(names):
+            if m in latents:
+                index, z, _ = latents[m]
+                full[j].index_copy_(0, index, z.detach())
+        weights = available.to(reference.dtype)  # (B, M)
+        filled = dict(features)
+        recovered = {}
+        for j, m in enumerate(names):
+            index = (~available[:, j]).nonzero().squeeze(1)
+            if index.numel() == 0:
+                continue
+            with torch.no_grad():
+                decoded = self._decode(j, full[:, index], weights[index])  # (n, d, T')
+            refined = self.refiners[m](decoded)  # (n, d, T')
+            filled[m] = features[m].index_copy(0, index, refined)
+            recovered[m] = (index, refined)
+        return filled, recovered
+
+    def _decode(self, target: int, latents: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Decode modality ``target`` from other modalities' latents.
+
+        latents: (M, n, d, T') with zeros where unavailable; weights: (n, M) availability.
+        """
+        name = self.info.modality_names[target]
+        flow = self.flows[name]
+        if self.mergers is None:
+            count = weights.sum(dim=1).clamp(min=1.0)  # (n,)
+            fused = torch.einsum("mnct,nm->nct", latents, weights) / count[:, None, None]
+            return flow.inverse(fused)  # (n, d, T')
+        sources = [j for j in range(len(self.info.modality_names)) if j != target]
+        decodings = [
+            flow.inverse(latents[j]) * weights[:, j, None, None] for j in sources
+        ]  # each (n, d, T')
+        return self.mergers[name](torch.cat(decodings, dim=1))
+
+    def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:
+        """task + nll_weight · Σ_m NLL_m (bits/dim) + reconstruction_weight · MSE (SPEC §5.8).
+
+        The NLL covers the available samples of each modality; the reconstruction covers the
+        recovered entries whose real features exist (``present``), so a genuinely absent entry
+        contributes nothing.
+        """
+        options = self.config.dicmor
+        task = self.task_loss(output["prediction"], batch["label"])
+        classes = prior_classes(batch["label"], self.info.task)
+        zero = task.new_zeros(())
+        nll = zero
+        for index, z, logdet in output["latents"].values():
+            log_prob = self.prior.log_prob(z, classes.index_select(0, index))
+            nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
+        reconstruction = zero
+        if output["recovered"] and "targets" in batch:
+            errors = []
+            for m, (index, refined) in output["recovered"].items():
+                j = self.info.modality_names.index(m)
+                real = batch["present"][index, j]  # (n,)
+                if not bool(real.any()):
+                    continue
+                keep = real.nonzero().squeeze(1)
+                target = self.target_features(m, batch, index.index_select(0, keep))
+                errors.append((refined.index_select(0, keep) - target).square().mean())
+            if errors:
+                reconstruction = torch.stack(errors).mean()
+        total = task + options.nll_weight * nll + options.reconstruction_weight * reconstruction
+        return {"total": total, "task": task, "nll": nll, "reconstruction": reconstruction}
+
+    @torch.no_grad()
+    def target_features(self, modality: str, batch: dict, index: torch.Tensor) -> torch.Tensor:
+        """Shallow features of the real (unmasked) values of ``modality`` for samples ``index``,
+        without input dropout and without gradient: the reconstruction target (n, d, T')."""
+        extractor = self.extractors.convs[modality]
+        raw = batch["targets"][modality].index_select(0, index)  # (n, T, D)
+        if modality == "text" and self.extractors.text_encoder is not None:
+            raw = self.extractors.text_encoder(batch["target_text_bert"].index_select(0, index))
+        return extractor.conv(raw.transpose(1, 2))

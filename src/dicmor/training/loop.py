@@ -1,0 +1,127 @@
+"""The one training loop, used by every method and stage (SPEC §5.9).
+
+Adam; gradient clipping by value; gradient accumulation; ReduceLROnPlateau and early stopping on
+the validation loss; the best state by validation loss is restored at the end. Only validation
+data choose anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dicmor.config import TrainConfig
+from dicmor.data.batches import Batches
+from dicmor.models.base import MultimodalModel
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss)."""
+
+
+@dataclass
+class FitResult:
+    """What one stage of training did."""
+
+    best_epoch: int
+    best_valid_loss: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _mean_losses(model: MultimodalModel, batches: Batches) -> dict[str, float]:
+    """Sample-weighted mean of each loss term over ``batches``, in eval mode, without gradients."""
+    model.eval()
+    sums: dict[str, float] = defaultdict(float)
+    count = 0
+    with torch.no_grad():
+        for batch in batches:
+            size = len(batch["label"])
+            losses = model.loss(model(batch), batch)
+            for key, value in losses.items():
+                sums[key] += float(value) * size
+            count += size
+    return {key: value / count for key, value in sums.items()}
+
+
+def fit(
+    model: MultimodalModel,
+    train: Batches,
+    valid: Batches,
+    config: TrainConfig,
+    *,
+    max_epochs: int | None = None,
+    desc: str = "train",
+) -> FitResult:
+    """Train ``model`` in place and restore its best state by validation loss."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
+    best_loss = math.inf
+    best_epoch = -1
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict[str, float]] = []
+    epochs = max_epochs or config.max_epochs
+    stale = 0
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = defaultdict(float)
+        seen = 0
+        bar = tqdm(
+            train, desc=f"{desc} {epoch}/{epochs}", leave=False, disable=not config.progress
+        )
+        for step, batch in enumerate(bar, start=1):
+            losses = model.loss(model(batch), batch)
+            total = losses["total"]
+            if not torch.isfinite(total):
+                raise TrainingError(
+                    f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
+                    + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                )
+            (total / config.grad_accum).backward()
+            if step % config.grad_accum == 0 or step == len(train):
+                if config.clip_value is not None:
+                    torch.nn.utils.clip_grad_value_(params, config.clip_value)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            size = len(batch["label"])
+            for key, value in losses.items():
+                sums[key] += float(value.detach()) * size
+            seen += size
+            bar.set_postfix(loss=f"{sums['total'] / seen:.4f}")
+        valid_losses = _mean_losses(model, valid)
+        valid_loss = valid_losses["total"]
+        scheduler.step(valid_loss)
+        record = {"epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"]}
+        record.update({f"train_{k}": v / seen for k, v in sums.items()})
+        record.update({f"valid_{k}": v for k, v in valid_losses.items()})
+        history.append(record)
+        if valid_loss < best_loss:
+            best_loss, best_epoch, stale = valid_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return FitResult(best_epoch, best_loss, epoch, history)
+
+
+def predict(model: MultimodalModel, batches: Batches) -> np.ndarray:
+    """Predictions in split order: (N,) for regression, (N, K) logits for classification."""
+    model.eval()
+    outputs = []
+    with torch.no_grad():
+        for batch in batches:
+            outputs.append(model(batch)["prediction"].float().cpu())
+    return torch.cat(outputs).numpy()

@@ -1,0 +1,230 @@
+"""One run end to end: data, masks, stages, test metrics, and everything written to its folder.
+
+A run directory holds ``config.yaml`` (resolved), ``masks.npz`` (the availability masks of every
+split), ``history.json`` (per-epoch losses of each stage), ``metrics.json`` (test metrics, read
+once at the end, plus the code version) and ``checkpoint.pt`` (weights, config and data
+description, enough for ``dicmor evaluate`` and ``dicmor predict``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+import dicmor
+from dicmor.config import Config, DataConfig, ModelConfig, from_dict, to_dict
+from dicmor.data import load_dataset
+from dicmor.data.batches import Batches
+from dicmor.data.dataset import MultimodalDataset
+from dicmor.data.embedded import load_embedded
+from dicmor.evaluation.evaluate import evaluate
+from dicmor.missing.protocols import make_masks, save_masks
+from dicmor.models.base import DataInfo, MultimodalModel
+from dicmor.registry import build_model
+from dicmor.training.loop import FitResult, fit
+
+EMBEDDED_NAMES = ("mfeat", "embedded")
+
+
+@dataclass
+class RunResult:
+    """The outcome of :func:`run_experiment`."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    stages: dict[str, FitResult]
+    model: MultimodalModel
+    masks: dict[str, np.ndarray]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch; ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; an unavailable CUDA device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def load_data(config: DataConfig) -> MultimodalDataset:
+    """The dataset a config names, restricted to its modalities."""
+    if config.source in EMBEDDED_NAMES:
+        if config.modalities is None:
+            return load_embedded(seed=config.split_seed)
+        return load_embedded(views=config.modalities, seed=config.split_seed)
+    options: dict[str, Any] = {}
+    if config.source.endswith(".pkl") and config.seq_len is not None:
+        options["seq_len"] = config.seq_len
+    dataset = load_dataset(config.source, **options)
+    if config.modalities is not None:
+        dataset = dataset.select(config.modalities)
+    return dataset
+
+
+def code_version() -> str:
+    """The package version and, when run from a git checkout, its commit."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{dicmor.__version__}+{commit}" if commit else dicmor.__version__
+
+
+def _new_run_dir(config: Config, dataset: MultimodalDataset, name: str | None) -> Path:
+    label = name or "-".join(
+        [
+            time.strftime("%Y%m%d-%H%M%S"),
+            dataset.name,
+            config.model.method,
+            str(config.missing).replace(" ", "").replace("=", ""),
+            f"s{config.train.seed}",
+        ]
+    )
+    base = Path(config.output_dir) / label
+    run_dir, k = base, 1
+    while run_dir.exists():
+        k += 1
+        run_dir = base.with_name(f"{base.name}-{k}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def _stage_cache_path(config: Config, dataset: MultimodalDataset, stage: str) -> Path:
+    """Where a complete-data stage's weights are cached: keyed by everything but the protocol."""
+    key = to_dict(config)
+    key.pop("missing")
+    key.pop("output_dir")
+    key["train"].pop("progress")
+    key["dataset"] = [dataset.source, dataset.name, list(dataset.modality_names)]
+    key["stage"] = stage
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(config.output_dir) / "cache" / f"{config.model.method}-{stage}-{digest}.pt"
+
+
+def run_experiment(
+    config: Config,
+    *,
+    name: str | None = None,
+    dataset: MultimodalDataset | None = None,
+    log: Any = print,
+) -> RunResult:
+    """Train ``config.model.method`` through its stages, then score the test split once."""
+    seed_everything(config.train.seed)
+    if config.train.num_threads is not None:
+        torch.set_num_threads(config.train.num_threads)
+    device = resolve_device(config.train.device)
+    dataset = dataset if dataset is not None else load_data(config.data)
+    for note in dataset.notes:
+        log(f"data: {note}")
+    names = dataset.modality_names
+    presents = {s: split.present for s, split in dataset.splits.items()}
+    masks = make_masks(config.missing, presents, names, config.train.seed)
+    run_dir = _new_run_dir(config, dataset, name)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    save_masks(run_dir / "masks.npz", masks, names, config.missing, config.train.seed)
+
+    info = DataInfo.from_dataset(dataset)
+    model = build_model(info, config.model).to(device)
+    train_cfg = config.train
+    stages: dict[str, FitResult] = {}
+    for stage in model.stages():
+        model.begin_stage(stage)
+        stage_masks = presents if stage.complete_data else masks
+        cache = _stage_cache_path(config, dataset, stage.name) if stage.complete_data else None
+        if cache is not None and cache.exists():
+            model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
+            log(f"{stage.name}: reusing cached weights {cache}")
+            continue
+        train = Batches(
+            dataset.splits["train"], names, stage_masks["train"], train_cfg.batch_size,
+            shuffle=True, seed=train_cfg.seed, device=device, with_targets=True,
+        )
+        valid = Batches(
+            dataset.splits["valid"], names, stage_masks["valid"], train_cfg.batch_size,
+            device=device, with_targets=True,
+        )
+        result = fit(model, train, valid, train_cfg, max_epochs=stage.max_epochs, desc=stage.name)
+        stages[stage.name] = result
+        log(
+            f"{stage.name}: best epoch {result.best_epoch}/{result.epochs_run}, "
+            f"valid loss {result.best_valid_loss:.4f}"
+        )
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), cache)
+
+    metrics, predictions = evaluate(
+        model, dataset.splits["test"], names, masks["test"],
+        batch_size=train_cfg.batch_size, device=device,
+    )
+    history = {k: {"best_epoch": v.best_epoch, "epochs": v.history} for k, v in stages.items()}
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    summary = {
+        "metrics": metrics,
+        "dataset": dataset.name,
+        "method": config.model.method,
+        "protocol": str(config.missing),
+        "seed": config.train.seed,
+        "version": code_version(),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    np.save(run_dir / "test_predictions.npy", predictions)
+    save_checkpoint(run_dir / "checkpoint.pt", model, config)
+    return RunResult(run_dir, metrics, stages, model, masks)
+
+
+def save_checkpoint(path: Path, model: MultimodalModel, config: Config) -> None:
+    """Weights, the resolved config and the data description, for later use."""
+    torch.save(
+        {
+            "config": to_dict(config),
+            "info": asdict(model.info),
+            "state_dict": model.state_dict(),
+            "version": code_version(),
+        },
+        path,
+    )
+
+
+def load_checkpoint(
+    path: Path | str, device: torch.device | str = "cpu"
+) -> tuple[MultimodalModel, Config]:
+    """Rebuild a model saved by :func:`save_checkpoint`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint here")
+    payload = torch.load(path, map_location=device, weights_only=True)
+    config = from_dict(Config, payload["config"])
+    info_fields = dict(payload["info"])
+    info_fields["modality_names"] = tuple(info_fields["modality_names"])
+    info = DataInfo(**info_fields)
+    model = build_model(info, from_dict(ModelConfig, payload["config"]["model"]))
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), config
