@@ -29,8 +29,13 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         changes["data.source"] = args.data
     config = config.replace(**changes)
     if getattr(args, "missing", None):
-        config = Config(config.data, config.model, config.train,
-                        MissingProtocol.from_string(args.missing), config.output_dir)
+        config = Config(
+            config.data,
+            config.model,
+            config.train,
+            MissingProtocol.from_string(args.missing),
+            config.output_dir,
+        )
     return config
 
 
@@ -41,8 +46,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     config = _config_from_args(args)
     result = run_experiment(config, name=args.name)
-    row = {"method": config.model.method, "protocol": str(config.missing),
-           "metrics": result.metrics}
+    row = {
+        "method": config.model.method,
+        "protocol": str(config.missing),
+        "metrics": result.metrics,
+    }
     print(metrics_table([row], result.model.info.task, ["method", "protocol"]))
     print(f"run written to {result.run_dir}")
 
@@ -71,10 +79,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         label = str(protocol)
     if args.split not in masks:
         raise DataError(f"no mask for split '{args.split}'")
-    metrics, _ = evaluate(model, dataset.splits[args.split], names, masks[args.split],
-                          batch_size=config.train.batch_size, device=device)
-    row = {"method": config.model.method, "protocol": label, "split": args.split,
-           "metrics": metrics}
+    metrics, _ = evaluate(
+        model,
+        dataset.splits[args.split],
+        names,
+        masks[args.split],
+        batch_size=config.train.batch_size,
+        device=device,
+    )
+    row = {
+        "method": config.model.method,
+        "protocol": label,
+        "split": args.split,
+        "metrics": metrics,
+    }
     print(metrics_table([row], model.info.task, ["method", "protocol", "split"]))
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     with open(run_dir / "evaluations.jsonl", "a") as handle:
@@ -105,9 +123,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_data_inspect(args: argparse.Namespace) -> None:
     """Print splits, modalities, shapes, label statistics, non-finite and missing counts."""
+    from dicmor.config import DataConfig
     from dicmor.data import describe
     from dicmor.training.run import load_data
-    from dicmor.config import DataConfig
 
     print(describe(load_data(DataConfig(source=args.source))))
 
@@ -122,10 +140,18 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", nargs="?", default="demo",
-                        help=f"preset name ({', '.join(preset_names())}) or YAML path")
-    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.lr=0.001 (repeatable)")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default="demo",
+        help=f"preset name ({', '.join(preset_names())}) or YAML path",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=0.001 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, help="seed of weights, shuffling and masks")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--output-dir", help="where run folders are written")
@@ -142,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help=cmd_train.__doc__, description=cmd_train.__doc__)
     _add_run_options(train)
     train.add_argument("--method", help="registered method (see `dicmor models`)")
-    train.add_argument("--missing", help="protocol: none, random:0.3, fixed:text+audio, "
-                       "legacy-batch:0.5")
+    train.add_argument(
+        "--missing", help="protocol: none, random:0.3, fixed:text+audio, legacy-batch:0.5"
+    )
     train.add_argument("--name", help="run folder name (default: time, data, method, protocol)")
     train.set_defaults(func=cmd_train)
 
-    ev = commands.add_parser("evaluate", help=cmd_evaluate.__doc__,
-                             description=cmd_evaluate.__doc__)
+    ev = commands.add_parser(
+        "evaluate", help=cmd_evaluate.__doc__, description=cmd_evaluate.__doc__
+    )
     ev.add_argument("run", help="a run folder or checkpoint.pt")
     ev.add_argument("--missing", help="protocol (default: the run's own)")
     ev.add_argument("--seed", type=int, help="mask seed (default: the run's seed)")
@@ -160,14 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     _add_run_options(demo)
     demo.add_argument("--methods", nargs="+", help="methods to compare")
-    demo.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.2, 0.4, 0.6],
-                      help="random missing rates")
+    demo.add_argument(
+        "--rates", nargs="+", type=float, default=[0.0, 0.2, 0.4, 0.6], help="random missing rates"
+    )
     demo.set_defaults(func=cmd_demo)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    inspect = data_commands.add_parser("inspect", help=cmd_data_inspect.__doc__,
-                                       description=cmd_data_inspect.__doc__)
+    inspect = data_commands.add_parser(
+        "inspect", help=cmd_data_inspect.__doc__, description=cmd_data_inspect.__doc__
+    )
     inspect.add_argument("source", help="mfeat, or a path to an MMSA .pkl or .npz file")
     inspect.set_defaults(func=cmd_data_inspect)
 

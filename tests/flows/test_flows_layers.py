@@ -55,9 +55,13 @@ def test_actnorm_flag_survives_loading_into_a_nested_flow() -> None:
     fresh = Flow(4, num_steps=2, hidden=8)
     assert "steps.0.actnorm.initialized" in flow.state_dict()
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
-    for step in fresh.steps:
-        assert bool(step.actnorm.initialized)
-        assert step.actnorm._initialized
+    fresh(5.0 * torch.randn(8, 4, 5) + 3.0)
+    for step, loaded in zip(flow.steps, fresh.steps, strict=True):
+        assert bool(loaded.actnorm.initialized)
+        torch.testing.assert_close(loaded.actnorm.bias, step.actnorm.bias, rtol=0.0, atol=0.0)
+        torch.testing.assert_close(
+            loaded.actnorm.log_scale, step.actnorm.log_scale, rtol=0.0, atol=0.0
+        )
 
 
 def test_invconv_starts_orthogonal_and_volume_preserving() -> None:
@@ -145,7 +149,9 @@ def test_glow_flow_changes_every_channel() -> None:
 )
 def test_wrong_channel_count_is_rejected(factory: Callable[[int], torch.nn.Module]) -> None:
     module = factory(4)
-    with pytest.raises(ValueError, match=r"expected a tensor of shape \(B, 4, T\), got \(2, 3, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"expected a tensor of shape \(B, 4, T\), got \(2, 3, 5\)"
+    ):
         module(torch.randn(2, 3, 5))
     with pytest.raises(ValueError, match="expected a tensor of shape"):
         module.inverse(torch.randn(2, 4))

@@ -113,7 +113,12 @@ class MultimodalDataset:
             for name, split in self.splits.items()
         }
         return MultimodalDataset(
-            self.name, self.task, self.num_classes, tuple(modalities), splits, self.source,
+            self.name,
+            self.task,
+            self.num_classes,
+            tuple(modalities),
+            splits,
+            self.source,
             list(self.notes),
         )
 
@@ -135,13 +140,16 @@ def validate(dataset: MultimodalDataset) -> None:
         if n == 0:
             raise DataError(f"{where}: split '{split_name}' is empty")
         if split.labels.ndim != 1:
-            raise DataError(f"{where}: {split_name}/label must have shape (N,), got {split.labels.shape}")
+            raise DataError(
+                f"{where}: {split_name}/label must have shape (N,), got {split.labels.shape}"
+            )
         if not np.all(np.isfinite(split.labels.astype(np.float64))):
             raise DataError(f"{where}: {split_name}/label contains NaN or infinite values")
         if dataset.task == "classification":
             if split.labels.dtype != np.int64:
                 raise DataError(f"{where}: {split_name}/label must be int64 for classification")
-            assert dataset.num_classes is not None
+            if dataset.num_classes is None:
+                raise DataError(f"{where}: a classification dataset needs num_classes")
             if split.labels.min() < 0 or split.labels.max() >= dataset.num_classes:
                 raise DataError(
                     f"{where}: {split_name}/label values must lie in [0, {dataset.num_classes}), "
@@ -150,11 +158,14 @@ def validate(dataset: MultimodalDataset) -> None:
         elif split.labels.dtype != np.float32:
             raise DataError(f"{where}: {split_name}/label must be float32 for regression")
         if split.ids.shape != (n,):
-            raise DataError(f"{where}: {split_name}/id has shape {split.ids.shape}, expected ({n},)")
+            raise DataError(
+                f"{where}: {split_name}/id has shape {split.ids.shape}, expected ({n},)"
+            )
         if split.present.shape != (n, len(dataset.modality_names)) or split.present.dtype != bool:
             raise DataError(
                 f"{where}: {split_name}/present must be bool of shape "
-                f"({n}, {len(dataset.modality_names)}), got {split.present.dtype} {split.present.shape}"
+                f"({n}, {len(dataset.modality_names)}), "
+                f"got {split.present.dtype} {split.present.shape}"
             )
         if list(split.modalities) != list(dataset.modality_names):
             raise DataError(
@@ -176,4 +187,6 @@ def validate(dataset: MultimodalDataset) -> None:
             dims[m] = array.shape[1:]
         for key, array in split.extras.items():
             if array.shape[0] != n:
-                raise DataError(f"{where}: {split_name}/{key} has {array.shape[0]} rows, expected {n}")
+                raise DataError(
+                    f"{where}: {split_name}/{key} has {array.shape[0]} rows, expected {n}"
+                )

@@ -30,8 +30,9 @@ when ``seq_len`` is given, every modality is resampled to one common length (``s
 default the text length): each sample's valid prefix (``audio_lengths``/``vision_lengths``; for
 text the attention-mask length of ``text_bert``, else its full length) is linearly interpolated
 at evenly spaced points that keep its first and last step, so the clip's start and end line up
-across modalities; a sample with length 0 becomes zeros and a length above ``T`` counts as ``T``. Aligned files resampled with
-``seq_len`` use the full stored length for every modality, which keeps the word alignment.
+across modalities; a sample with length 0 becomes zeros and a length above ``T`` counts as
+``T``. Aligned files resampled with ``seq_len`` use the full stored length for every modality,
+which keeps the word alignment.
 ``text_bert`` keeps its stored token length: a model that encodes it must map its output to the
 common length itself.
 
@@ -198,7 +199,9 @@ def _read_split(
 ) -> dict[str, Any]:
     """Validate one split's dict; return its labels, ids, features, lengths and ``text_bert``."""
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: split '{split}' must be a dict of arrays, got {type(raw).__name__}")
+        raise DataError(
+            f"{where}: split '{split}' must be a dict of arrays, got {type(raw).__name__}"
+        )
     for key in (*MODALITIES, _LABEL_KEY):
         if key not in raw:
             raise DataError(f"{where}: split '{split}' has no key '{key}'")
@@ -244,8 +247,13 @@ def _read_split(
     lengths = {
         m: _lengths(raw, key, where, split, n) for m, key in LENGTH_KEYS.items() if key in raw
     }
-    return {"labels": labels, "ids": ids, "features": features, "lengths": lengths,
-            "text_bert": text_bert}
+    return {
+        "labels": labels,
+        "ids": ids,
+        "features": features,
+        "lengths": lengths,
+        "text_bert": text_bert,
+    }
 
 
 def load_mmsa(

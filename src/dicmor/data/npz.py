@@ -176,7 +176,9 @@ def _num_classes(arrays: dict[str, np.ndarray], splits: dict[str, Split], where:
         return largest + 1
     stored = arrays["num_classes"]
     if stored.shape != () or not np.issubdtype(stored.dtype, np.integer):
-        raise DataError(f"{where}: num_classes must be a scalar integer, got {stored.dtype} {stored.shape}")
+        raise DataError(
+            f"{where}: num_classes must be a scalar integer, got {stored.dtype} {stored.shape}"
+        )
     if int(stored) <= largest:
         raise DataError(f"{where}: num_classes is {int(stored)}, but a label is {largest}")
     return int(stored)

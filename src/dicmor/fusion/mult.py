@@ -23,7 +23,11 @@ __all__ = ["MulT", "MulTConfig"]
 
 @dataclass(frozen=True)
 class MulTConfig:
-    """Hyperparameters of `MulT`. Defaults follow the published MOSI configuration."""
+    """Hyperparameters of `MulT`.
+
+    Defaults follow the published MOSI configuration; its per-modality attention dropouts
+    (audio 0.2, vision 0.0) go in `attn_dropout_by_modality`, since names depend on the dataset.
+    """
 
     dim: int = 32
     """Width d of every modality's features and of each crossmodal transformer."""

@@ -48,12 +48,13 @@ class DiCMoR(MultimodalModel):
         )
         self.prior = ClassConditionalPrior(info.prior_classes, dim)
         self.refiners = nn.ModuleDict(
-            {m: RefinementNetwork(dim, options.refine_blocks, options.refine_reduction) for m in names}
+            {
+                m: RefinementNetwork(dim, options.refine_blocks, options.refine_reduction)
+                for m in names
+            }
         )
         self.mergers = (
-            nn.ModuleDict(
-                {m: nn.Conv1d((len(names) - 1) * dim, dim, 1) for m in names}
-            )
+            nn.ModuleDict({m: nn.Conv1d((len(names) - 1) * dim, dim, 1) for m in names})
             if options.transfer == "decode-merge"
             else None
         )

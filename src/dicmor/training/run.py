@@ -161,12 +161,22 @@ def run_experiment(
             log(f"{stage.name}: reusing cached weights {cache}")
             continue
         train = Batches(
-            dataset.splits["train"], names, stage_masks["train"], train_cfg.batch_size,
-            shuffle=True, seed=train_cfg.seed, device=device, with_targets=True,
+            dataset.splits["train"],
+            names,
+            stage_masks["train"],
+            train_cfg.batch_size,
+            shuffle=True,
+            seed=train_cfg.seed,
+            device=device,
+            with_targets=True,
         )
         valid = Batches(
-            dataset.splits["valid"], names, stage_masks["valid"], train_cfg.batch_size,
-            device=device, with_targets=True,
+            dataset.splits["valid"],
+            names,
+            stage_masks["valid"],
+            train_cfg.batch_size,
+            device=device,
+            with_targets=True,
         )
         result = fit(model, train, valid, train_cfg, max_epochs=stage.max_epochs, desc=stage.name)
         stages[stage.name] = result
@@ -179,8 +189,12 @@ def run_experiment(
             torch.save(model.state_dict(), cache)
 
     metrics, predictions = evaluate(
-        model, dataset.splits["test"], names, masks["test"],
-        batch_size=train_cfg.batch_size, device=device,
+        model,
+        dataset.splits["test"],
+        names,
+        masks["test"],
+        batch_size=train_cfg.batch_size,
+        device=device,
     )
     history = {k: {"best_epoch": v.best_epoch, "epochs": v.history} for k, v in stages.items()}
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))

@@ -1,0 +1,152 @@
+"""Training-step time, inference latency and peak memory of DiCMoR at the published sizes.
+
+Each case runs in its own process so that peak resident memory is its own. Inputs are random
+tensors of MOSI / MOSEI shape (T = 50; text 768, audio 5 / 74, vision 20 / 35); "kept" is the
+number of available modalities (the others are recovered). Medians over repeated passes.
+
+Usage: python benchmarks/speed.py [--threads 2] [--repeats 5] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SHAPES = {
+    "mosi": {"text": 768, "audio": 5, "vision": 20},
+    "mosei": {"text": 768, "audio": 74, "vision": 35},
+}
+BATCH = {"mosi": 4, "mosei": 16}
+
+
+def make_batch(dims: dict[str, int], batch: int, kept: int, device: torch.device) -> dict:
+    names = tuple(dims)
+    available = torch.zeros(batch, len(names), dtype=torch.bool)
+    available[:, :kept] = True
+    inputs = {
+        m: torch.randn(batch, 50, d) * available[:, j, None, None]
+        for j, (m, d) in enumerate(dims.items())
+    }
+    return {
+        "inputs": {m: x.to(device) for m, x in inputs.items()},
+        "available": available.to(device),
+        "present": torch.ones(batch, len(names), dtype=torch.bool, device=device),
+        "label": (torch.rand(batch) * 6 - 3).to(device),
+        "targets": {m: torch.randn(batch, 50, d, device=device) for m, d in dims.items()},
+    }
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds of ``fn`` after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
+    from dicmor.config import load_config
+    from dicmor.models.base import DataInfo
+    from dicmor.registry import build_model
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    dims = SHAPES[dataset]
+    info = DataInfo(tuple(dims), dims, dict.fromkeys(dims, 50), "regression", None)
+    model = build_model(info, load_config(dataset).model).to(device)
+    for stage in model.stages():
+        model.begin_stage(stage)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch = make_batch(dims, BATCH[dataset], kept, device)
+
+    def train_step() -> None:
+        model.train()
+        losses = model.loss(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), 0.6)
+        optimizer.step()
+
+    step = timed(train_step, repeats, device)
+    model.eval()
+    latency = {}
+    for size in (1, 32):
+        small = make_batch(dims, size, kept, device)
+        with torch.no_grad():
+            latency[size] = timed(lambda b=small: model(b), repeats, device)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "dataset": dataset,
+        "batch": BATCH[dataset],
+        "kept": kept,
+        "train_step_ms": 1000 * step,
+        "samples_per_s": BATCH[dataset] / step,
+        "infer_b1_ms": 1000 * latency[1],
+        "infer_b32_ms": 1000 * latency[32],
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "peak_rss_MiB": peak_mib,
+        "cuda_peak_MiB": torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.case:
+        dataset, kept = args.case.split(":")
+        print(json.dumps(run_case(dataset, int(kept), args.repeats, args.device)))
+        return
+    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}")
+    header = "case          step ms  samples/s  infer b1 ms  infer b32 ms  params M  peak MiB"
+    print(header)
+    for dataset in SHAPES:
+        for kept in (1, 3):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    f"{dataset}:{kept}",
+                    "--threads",
+                    str(args.threads),
+                    "--repeats",
+                    str(args.repeats),
+                    "--device",
+                    args.device,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(
+                f"{dataset:6s} kept={kept}  {r['train_step_ms']:7.1f}  {r['samples_per_s']:9.1f}"
+                f"  {r['infer_b1_ms']:11.1f}  {r['infer_b32_ms']:12.1f}  {r['params_M']:8.2f}"
+                f"  {r['peak_rss_MiB']:8.0f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

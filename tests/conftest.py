@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny datasets built in memory and small model configs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from dicmor.config import Config, load_config
+from dicmor.data.dataset import MultimodalDataset, Split
+
+SHAPES = {"text": (6, 12), "audio": (6, 5), "vision": (6, 7)}
+
+
+def tiny_dataset(task: str = "regression", n: int = 24, seed: int = 0) -> MultimodalDataset:
+    """Three modalities of length 6 whose features carry the label, plus a genuinely absent
+    audio entry in every split."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for k, name in enumerate(("train", "valid", "test")):
+        if task == "regression":
+            labels = rng.uniform(-3, 3, n).astype(np.float32)
+        else:
+            labels = rng.integers(0, 3, n).astype(np.int64)
+        modalities = {}
+        for m, (t, d) in SHAPES.items():
+            direction = rng.normal(size=d)
+            x = rng.normal(size=(n, t, d)) + labels[:, None, None] * direction
+            modalities[m] = x.astype(np.float32)
+        present = np.ones((n, 3), dtype=bool)
+        present[k, 1] = False
+        modalities["audio"][k] = 0.0
+        splits[name] = Split(
+            modalities=modalities,
+            labels=labels,
+            ids=np.array([f"{name}-{i}" for i in range(n)]),
+            present=present,
+        )
+    return MultimodalDataset(
+        "tiny", task, 3 if task == "classification" else None, tuple(SHAPES), splits, "tiny"
+    )
+
+
+def small_config(method: str, **overrides: object) -> Config:
+    """The demo preset shrunk to a few seconds of CPU."""
+    changes = {
+        "model.method": method,
+        "model.kernel_size": 2,
+        "model.mult.dim": 8,
+        "model.mult.num_heads": 2,
+        "model.mult.num_layers": 1,
+        "model.dicmor.flow_steps": 2,
+        "model.dicmor.flow_hidden": 8,
+        "model.dicmor.refine_blocks": 1,
+        "model.dicmor.refine_reduction": 4,
+        "train.batch_size": 8,
+        "train.max_epochs": 2,
+        "train.progress": False,
+    }
+    changes.update(overrides)
+    return load_config("demo", changes)
+
+
+@pytest.fixture(autouse=True)
+def single_thread() -> Iterator[None]:
+    """Models this small gain nothing from intra-op threads; on a busy machine their
+    synchronisation makes each of the many tiny operations wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def regression_data() -> MultimodalDataset:
+    return tiny_dataset("regression")
+
+
+@pytest.fixture
+def classification_data() -> MultimodalDataset:
+    return tiny_dataset("classification")
