@@ -71,7 +71,8 @@ def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
     model = build_model(info, load_config(dataset).model).to(device)
     for stage in model.stages():
         model.begin_stage(stage)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-4, fused=True)
     batch = make_batch(dims, BATCH[dataset], kept, device)
 
     def train_step() -> None:
@@ -79,7 +80,7 @@ def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
         losses = model.loss(model(batch), batch)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
-        torch.nn.utils.clip_grad_value_(model.parameters(), 0.6)
+        torch.nn.utils.clip_grad_value_(params, 0.6, foreach=True)
         optimizer.step()
 
     step = timed(train_step, repeats, device)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dicmor.nn.dropout import Dropout
 from dicmor.nn.transformer import TransformerEncoder
 
 __all__ = ["MulT", "MulTConfig"]
@@ -176,7 +177,7 @@ class MulT(nn.Module):
         self.representation_dim = fused
         self.proj1 = nn.Linear(fused, fused)
         self.proj2 = nn.Linear(fused, fused)
-        self.out_dropout = nn.Dropout(config.out_dropout)
+        self.out_dropout = Dropout(config.out_dropout)
         self.head = nn.Linear(fused, output_dim)
 
     def _check(self, features: Mapping[str, Tensor]) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from dicmor.nn.dropout import Dropout
+
 __all__ = ["TemporalConv"]
 
 
@@ -41,7 +43,7 @@ class TemporalConv(nn.Module):
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.kernel_size = kernel_size
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, padding=0, bias=False)
 
     def output_length(self, length: int) -> int:

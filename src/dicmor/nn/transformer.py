@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dicmor.nn.dropout import Dropout, dropout
+
 __all__ = ["TransformerEncoder", "TransformerLayer", "causal_mask", "sinusoidal_positions"]
 
 
@@ -97,6 +99,7 @@ class TransformerLayer(nn.Module):
                 raise ValueError(f"TransformerLayer.{name}: must be in [0, 1), got {value}")
         self.dim = dim
         self.num_heads = num_heads
+        self.head_dim = dim // num_heads
         self.attn_dropout = attn_dropout
         self.attn_mask = attn_mask
         self.attn_norm = nn.LayerNorm(dim)
@@ -107,8 +110,8 @@ class TransformerLayer(nn.Module):
         self.ff_norm = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.fc2 = nn.Linear(4 * dim, dim)
-        self.relu_dropout = nn.Dropout(relu_dropout)
-        self.res_dropout = nn.Dropout(res_dropout)
+        self.relu_dropout = Dropout(relu_dropout)
+        self.res_dropout = Dropout(res_dropout)
 
     def _split_heads(self, x: Tensor) -> Tensor:
         batch, length, _ = x.shape
@@ -132,14 +135,21 @@ class TransformerLayer(nn.Module):
                 is_causal = True
             else:
                 mask = causal_mask(query_len, key_len, device=x.device)
-        out = F.scaled_dot_product_attention(
-            self._split_heads(q),
-            self._split_heads(k),
-            self._split_heads(v),
-            attn_mask=mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=is_causal,
-        )  # (B, h, T_q, d/h)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        if self.training and self.attn_dropout > 0.0:
+            # Written out so that the attention weights go through the cheaper CPU dropout;
+            # PyTorch's fused kernels take no dropout on CPU and fall back to a slower path.
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, h, T_q, T_kv)
+            if is_causal:
+                mask = causal_mask(query_len, key_len, device=x.device)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = dropout(scores.softmax(dim=-1), self.attn_dropout)
+            out = weights @ v  # (B, h, T_q, d/h)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal
+            )  # (B, h, T_q, d/h)
         out = out.transpose(1, 2).reshape(batch, query_len, self.dim)  # (B, T_q, d)
         return self.out_proj(out)
 
@@ -192,7 +202,7 @@ class TransformerEncoder(nn.Module):
             )
         self.dim = dim
         self.embed_scale = math.sqrt(dim)
-        self.embed_dropout = nn.Dropout(embed_dropout)
+        self.embed_dropout = Dropout(embed_dropout)
         self.layers = nn.ModuleList(
             TransformerLayer(dim, num_heads, attn_dropout, relu_dropout, res_dropout, attn_mask)
             for _ in range(num_layers)

@@ -61,7 +61,9 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place and restore its best state by validation loss."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    # The fused kernel updates all parameters in one pass: DiCMoR has thousands of small
+    # parameter tensors, for which the per-tensor update dominates the step on CPU.
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
@@ -89,7 +91,7 @@ def fit(
             (total / config.grad_accum).backward()
             if step % config.grad_accum == 0 or step == len(train):
                 if config.clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(params, config.clip_value)
+                    torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             size = len(batch["label"])

@@ -1,0 +1,81 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dicmor.reporting.gaps import mmd_rbf, mse
+
+
+def samples(n: int, shift: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 4)) + shift
+
+
+def test_mmd_of_one_point_each_matches_the_formula() -> None:
+    # k(a, a) = 1 and k(0, 1) = exp(-1/2) with s = 1: MMD² = 1 + 1 - 2·exp(-1/2).
+    value = mmd_rbf(np.array([[0.0]]), np.array([[1.0]]), bandwidths=[1.0])
+    assert value == pytest.approx(2 - 2 * math.exp(-0.5), rel=1e-12)
+
+
+def test_mmd_averages_the_kernels_of_a_mixture() -> None:
+    # Points 0 and 2 (squared distance 4), bandwidths 1 and 2: k = (e^-2 + e^-0.5) / 2.
+    x = torch.tensor([[0.0, 0.0]])
+    y = torch.tensor([[2.0, 0.0]])
+    expected = 2 - (math.exp(-2.0) + math.exp(-0.5))
+    assert mmd_rbf(x, y, bandwidths=[1.0, 2.0]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_mmd_of_unequal_sample_sizes_by_hand() -> None:
+    # x = {0, 0}, y = {1}: every k(x_i, x_j) = 1, so MMD² = 2 - 2e with e = k(0, 1) = exp(-1/2).
+    e = math.exp(-0.5)
+    assert mmd_rbf(np.zeros((2, 1)), np.ones((1, 1)), bandwidths=[1.0]) == pytest.approx(2 - 2 * e)
+    # x = {0, 1}, y = {1}: mean k(x, x) = (2 + 2e) / 4, k(y, y) = 1, mean k(x, y) = (e + 1) / 2,
+    # so MMD² = (1 - e) / 2.
+    x = np.array([[0.0], [1.0]])
+    assert mmd_rbf(x, np.ones((1, 1)), bandwidths=[1.0]) == pytest.approx((1 - e) / 2, rel=1e-12)
+
+
+def test_mmd_is_small_for_one_distribution_and_large_for_shifted_ones() -> None:
+    same = mmd_rbf(samples(200, 0.0, 1), samples(200, 0.0, 2))
+    shifted = mmd_rbf(samples(200, 0.0, 1), samples(200, 1.0, 3))
+    assert 0 <= same < 0.01
+    assert shifted > 20 * same
+    # A larger shift gives a larger gap.
+    assert mmd_rbf(samples(200, 0.0, 1), samples(200, 3.0, 3)) > shifted
+
+
+def test_mmd_is_symmetric_and_zero_for_identical_samples() -> None:
+    x, y = samples(30, 0.0, 4), samples(50, 0.5, 5)
+    assert mmd_rbf(x, y) == pytest.approx(mmd_rbf(y, x), rel=1e-12)
+    assert mmd_rbf(x, x) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mmd_sees_a_collapsed_distribution_that_mse_rewards() -> None:
+    # Predicting the mean everywhere halves the MSE of a random draw but is far in distribution.
+    rng = np.random.default_rng(6)
+    real = rng.standard_normal((300, 4))
+    draw = rng.standard_normal((300, 4))
+    collapsed = np.zeros((300, 4))
+    assert mse(collapsed, real) < mse(draw, real)
+    assert mmd_rbf(real, collapsed) > 10 * mmd_rbf(real, draw)
+
+
+def test_mse_by_hand_and_for_tensors() -> None:
+    assert mse(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]])) == pytest.approx(2.5)
+    assert mse(torch.ones(2, 3, 4), torch.zeros(2, 3, 4)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: mse(np.zeros(3), np.zeros(4)), "shapes differ"),
+        (lambda: mmd_rbf(np.zeros(3), np.zeros((3, 1))), r"\(N, F\)"),
+        (lambda: mmd_rbf(np.zeros((3, 2)), np.zeros((3, 1))), "feature sizes differ"),
+        (lambda: mmd_rbf(np.zeros((0, 2)), np.zeros((3, 2))), "at least one sample"),
+        (lambda: mmd_rbf(np.zeros((2, 2)), np.zeros((3, 2)), bandwidths=[0.0]), "positive"),
+        (lambda: mmd_rbf(np.full((2, 2), np.nan), np.zeros((3, 2))), "non-finite"),
+    ],
+)
+def test_bad_inputs_are_named(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call()
