@@ -8,6 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from dicmor.config import Config, ConfigError, load_config, parse_override, preset_names
 from dicmor.data.dataset import DataError
 from dicmor.missing.protocols import MissingProtocol, MissingProtocolError
@@ -99,6 +101,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def cmd_predict(args: argparse.Namespace) -> None:
+    """Predict for new samples (no labels; absent modalities allowed per sample)."""
+    from dicmor.inference import predict, read_inputs, write_predictions
+    from dicmor.training.run import load_checkpoint, resolve_device
+
+    device = resolve_device(args.device or "cpu")
+    model, _ = load_checkpoint(args.run, device)
+    result = predict(
+        model, **read_inputs(args.inputs), device=device, return_features=args.recovered is not None
+    )
+    write_predictions(result, args.out, model.info.modality_names)
+    print(f"{len(result.ids)} predictions written to {args.out}")
+    if args.recovered is not None:
+        np.savez_compressed(args.recovered, id=result.ids, **result.features)
+        print(f"features with recovered entries written to {args.recovered}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train each method at several missing rates on the embedded dataset; print one table."""
     from dicmor.registry import model_names
@@ -184,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     ev.set_defaults(func=cmd_evaluate)
+
+    pr = commands.add_parser("predict", help=cmd_predict.__doc__, description=cmd_predict.__doc__)
+    pr.add_argument("run", help="a run folder or checkpoint.pt")
+    pr.add_argument("inputs", help="an .npz of features: {modality}, present/{modality}, id")
+    pr.add_argument("--out", default="predictions.csv", help="CSV to write")
+    pr.add_argument(
+        "--recovered", help="also write the features, recovered entries filled, to this .npz"
+    )
+    pr.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    pr.set_defaults(func=cmd_predict)
 
     demo = commands.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     _add_run_options(demo)

@@ -57,8 +57,9 @@ class Batches:
         self.available = torch.from_numpy(available)
         self.present = torch.from_numpy(split.present)
         self.labels = torch.from_numpy(split.labels)
+        # np.where selects rather than multiplies, so not even a NaN in a hidden entry survives.
         self.inputs = {
-            m: torch.from_numpy(split.modalities[m] * available[:, i, None, None])
+            m: torch.from_numpy(np.where(available[:, i, None, None], split.modalities[m], 0.0))
             for i, m in enumerate(modality_names)
         }
         self.targets = (
@@ -70,7 +71,7 @@ class Batches:
         self.target_text_bert = None
         if "text_bert" in split.extras and "text" in modality_names:
             keep = available[:, modality_names.index("text"), None, None]
-            self.text_bert = torch.from_numpy(split.extras["text_bert"] * keep)
+            self.text_bert = torch.from_numpy(np.where(keep, split.extras["text_bert"], 0.0))
             if with_targets:
                 self.target_text_bert = torch.from_numpy(split.extras["text_bert"])
 

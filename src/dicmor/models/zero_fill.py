@@ -23,8 +23,9 @@ class ZeroFill(MultimodalModel):
         self.fusion = MulT(info.modality_names, config.mult, info.output_dim)
 
     def forward(self, batch: dict) -> Output:
+        """``prediction`` and the ``features`` fused ({m: (B, d, T')}, zeros where missing)."""
         features = self.extractors(batch)
         prediction = self.fusion(features)
         if self.info.task == "regression":
             prediction = prediction.squeeze(-1)  # (B,)
-        return {"prediction": prediction}
+        return {"prediction": prediction, "features": features}

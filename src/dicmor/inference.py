@@ -1,0 +1,180 @@
+"""Prediction on new samples where any modality may be absent, with no label anywhere.
+
+The input file is an ``.npz`` with, for N samples:
+
+=========================  ==============  ==================================================
+key                        shape / dtype   meaning
+=========================  ==============  ==================================================
+``{modality}``             (N, T, D) or    features of one modality the model was trained on;
+                           (N, D)          leave the key out when no sample has it
+``present/{modality}``     (N,) bool       optional; False marks an absent entry, whose values
+                                           are never read (they may be anything, NaN included)
+``id``                     (N,) str        optional sample ids
+``text_bert``              (N, 3, T)       tokens, when the model has a text encoder
+=========================  ==============  ==================================================
+
+Every sample needs at least one present modality.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dicmor.data.dataset import DataError
+from dicmor.models.base import MultimodalModel
+
+
+@dataclass
+class Prediction:
+    """Predictions for N samples.
+
+    Attributes:
+        ids: (N,) sample ids.
+        scores: (N,) regression scores, or (N, K) class probabilities.
+        labels: (N,) predicted classes (classification) or ``None``.
+        available: (N, M) bool, what each prediction used.
+        features: {modality: (N, d, T')} shallow features with the missing entries recovered
+            (zero for methods that do not recover), when asked for.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray | None
+    available: np.ndarray
+    features: dict[str, np.ndarray] | None = None
+
+
+def predict(
+    model: MultimodalModel,
+    inputs: dict[str, np.ndarray],
+    present: dict[str, np.ndarray] | None = None,
+    *,
+    ids: np.ndarray | None = None,
+    text_bert: np.ndarray | None = None,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    return_features: bool = False,
+    source: str = "inputs",
+) -> Prediction:
+    """Predict from ``inputs`` ({modality: (N, T, D) or (N, D)}; absent modalities may be left
+    out) and ``present`` ({modality: (N,) bool}); values of absent entries are never read."""
+    info = model.info
+    names = info.modality_names
+    unknown = sorted(set(inputs) - set(names))
+    if unknown:
+        raise DataError(f"{source}: unknown modalities {unknown}; the model has {list(names)}")
+    if not inputs:
+        raise DataError(f"{source}: no modality given; the model has {list(names)}")
+    n = len(next(iter(inputs.values())))
+    arrays: dict[str, np.ndarray] = {}
+    mask = np.zeros((n, len(names)), dtype=bool)
+    for j, m in enumerate(names):
+        shape = (info.seq_lens[m], info.feature_dims[m])
+        if m not in inputs:
+            arrays[m] = np.zeros((n, *shape), dtype=np.float32)
+            continue
+        x = np.asarray(inputs[m])
+        if x.ndim == 2:
+            x = x[:, None, :]  # (N, 1, D)
+        if x.shape != (n, *shape):
+            raise DataError(
+                f"{source}: {m} has shape {x.shape}, expected ({n}, {shape[0]}, {shape[1]})"
+            )
+        keep = np.ones(n, dtype=bool)
+        if present is not None and m in present:
+            keep = np.asarray(present[m])
+            if keep.shape != (n,) or keep.dtype != bool:
+                raise DataError(f"{source}: present/{m} must be bool of shape ({n},)")
+        x = np.where(keep[:, None, None], x, 0.0).astype(np.float32)
+        bad = int((~np.isfinite(x)).sum())
+        if bad:
+            raise DataError(f"{source}: {m} has {bad} non-finite values in present entries")
+        arrays[m] = x
+        mask[:, j] = keep
+    empty = int((~mask.any(axis=1)).sum())
+    if empty:
+        raise DataError(f"{source}: {empty} samples have no present modality")
+    tokens = None
+    if text_bert is not None and "text" in names:
+        tokens = np.where(mask[:, names.index("text"), None, None], text_bert, 0)
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    scores, features = [], {m: [] for m in names}
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            rows = slice(start, start + batch_size)
+            batch: dict = {
+                "inputs": {m: torch.from_numpy(a[rows]).to(device) for m, a in arrays.items()},
+                "available": torch.from_numpy(mask[rows]).to(device),
+            }
+            if tokens is not None:
+                batch["text_bert"] = torch.from_numpy(tokens[rows]).to(device)
+            output = model(batch)
+            scores.append(output["prediction"].float().cpu())
+            if return_features:
+                for m in names:
+                    features[m].append(output["features"][m].float().cpu())
+    raw = torch.cat(scores)
+    labels = None
+    if info.task == "classification":
+        labels = raw.argmax(dim=1).numpy()
+        raw = raw.softmax(dim=1)
+    return Prediction(
+        ids=np.asarray(ids) if ids is not None else np.array([str(i) for i in range(n)]),
+        scores=raw.numpy(),
+        labels=labels,
+        available=mask,
+        features={m: torch.cat(v).numpy() for m, v in features.items()}
+        if return_features
+        else None,
+    )
+
+
+def read_inputs(path: str | Path) -> dict:
+    """Read a prediction input file (see the module docstring) into ``predict``'s arguments."""
+    where = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+    except FileNotFoundError as error:
+        raise DataError(f"{where}: no such file") from error
+    except (ValueError, OSError, EOFError) as error:
+        raise DataError(f"{where}: not a readable npz file ({error})") from error
+    present = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("present/")}
+    reserved = {"id", "text_bert"}
+    inputs = {k: v for k, v in data.items() if "/" not in k and k not in reserved}
+    return {
+        "inputs": inputs,
+        "present": present,
+        "ids": data.get("id"),
+        "text_bert": data.get("text_bert"),
+        "source": where,
+    }
+
+
+def write_predictions(
+    result: Prediction, path: str | Path, modality_names: tuple[str, ...]
+) -> None:
+    """A CSV: id, the score (regression) or the class and its probabilities (classification),
+    then one 0/1 column per modality telling what the prediction used."""
+    if result.labels is None:
+        header = ["id", "score"]
+        values = [[f"{s:.6f}"] for s in result.scores]
+    else:
+        header = ["id", "label", *(f"p{c}" for c in range(result.scores.shape[1]))]
+        values = [
+            [str(y), *(f"{v:.6f}" for v in p)]
+            for y, p in zip(result.labels, result.scores, strict=True)
+        ]
+    header += [f"has_{m}" for m in modality_names]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i, row, used in zip(result.ids, values, result.available, strict=True):
+            writer.writerow([i, *row, *(int(v) for v in used)])

@@ -1,0 +1,110 @@
+"""Prediction on new files: no labels, absent values never read, same numbers as evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dicmor.cli import main
+from dicmor.data.dataset import DataError
+from dicmor.evaluation.evaluate import evaluate
+from dicmor.inference import predict, read_inputs
+from dicmor.missing.protocols import random_mask
+from dicmor.training.run import load_checkpoint, run_experiment
+from tests.conftest import small_config, tiny_dataset
+
+
+@pytest.fixture(scope="module", params=["zero_fill", "dicmor"])
+def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp(request.param)
+    config = small_config(request.param, **{"train.max_epochs": 1, "output_dir": str(out)})
+    data = tiny_dataset("regression")
+    result = run_experiment(config, dataset=data, log=lambda _: None)
+    return result, data
+
+
+def test_predict_matches_evaluation_and_ignores_absent_values(trained) -> None:
+    result, data = trained
+    split = data.splits["test"]
+    mask = random_mask(split.present, 0.4, np.random.default_rng(3))
+    _, expected = evaluate(result.model, split, data.modality_names, mask)
+    inputs, present = {}, {}
+    for j, m in enumerate(data.modality_names):
+        x = split.modalities[m].copy()
+        x[~mask[:, j]] = np.nan  # absent values are never read, so NaN is harmless
+        inputs[m] = x
+        present[m] = mask[:, j]
+    out = predict(result.model, inputs, present, ids=split.ids, return_features=True)
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-5, atol=1e-6)
+    assert out.labels is None and (out.available == mask).all()
+    assert set(out.features) == set(data.modality_names)
+    for j, m in enumerate(data.modality_names):
+        missing = out.features[m][~mask[:, j]]
+        if result.model.name == "dicmor":
+            assert np.abs(missing).sum() > 0  # recovered, not zero-filled
+        else:
+            assert not missing.any()
+
+
+def test_a_modality_left_out_of_the_file_is_absent_everywhere(trained) -> None:
+    result, data = trained
+    split = data.splits["test"]
+    inputs = {m: split.modalities[m] for m in data.modality_names[:2]}
+    present = {m: split.present[:, j] for j, m in enumerate(data.modality_names[:2])}
+    out = predict(result.model, inputs, present)
+    mask = split.present.copy()
+    mask[:, 2] = False
+    assert (out.available == mask).all()
+    _, expected = evaluate(result.model, split, data.modality_names, mask)
+    np.testing.assert_allclose(out.scores, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(smell=d["text"]), "unknown modalities"),
+        (lambda d: d.update(text=d["text"][:, :3]), "text has shape"),
+        (lambda d: d.clear(), "no modality given"),
+    ],
+)
+def test_bad_inputs_are_named(trained, change, message: str) -> None:
+    result, data = trained
+    inputs = {m: x.copy() for m, x in data.splits["test"].modalities.items()}
+    change(inputs)
+    with pytest.raises(DataError, match=message):
+        predict(result.model, inputs, source="new.npz")
+
+
+def test_sample_without_any_modality_is_an_error(trained) -> None:
+    result, data = trained
+    inputs = dict(data.splits["test"].modalities)
+    present = {m: np.arange(len(inputs[m])) != 0 for m in inputs}
+    with pytest.raises(DataError, match="1 samples have no present modality"):
+        predict(result.model, inputs, present)
+
+
+def test_predict_command_writes_csv_and_recovered_features(trained, tmp_path: Path) -> None:
+    result, data = trained
+    split = data.splits["test"]
+    path = tmp_path / "new.npz"
+    present = {
+        f"present/{m}": split.present[:, j] & (np.arange(len(split)) % 3 != j)
+        for j, m in enumerate(data.modality_names)
+    }
+    np.savez(path, id=split.ids, **split.modalities, **present)
+    out, rec = tmp_path / "p.csv", tmp_path / "rec.npz"
+    code = main(
+        ["predict", str(result.run_dir), str(path), "--out", str(out), "--recovered", str(rec)]
+    )
+    assert code == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,score,has_text,has_audio,has_vision"
+    assert len(lines) == len(split) + 1 and lines[1].startswith(f"{split.ids[0]},")
+    model, _ = load_checkpoint(result.run_dir)
+    expected = predict(model, **read_inputs(path))
+    first = float(lines[1].split(",")[1])
+    assert first == pytest.approx(float(expected.scores[0]), abs=1e-5)
+    with np.load(rec) as features:
+        assert features["text"].shape[0] == len(split)
