@@ -152,7 +152,14 @@ def run_experiment(
     model = build_model(info, config.model).to(device)
     train_cfg = config.train
     stages: dict[str, FitResult] = {}
+    nothing_missing = all(np.array_equal(masks[s], presents[s]) for s in ("train", "valid"))
+    trained_complete = False
     for stage in model.stages():
+        if nothing_missing and trained_complete and not stage.complete_data:
+            # Under no missing data this stage would train on what the complete stage saw.
+            log(f"{stage.name}: nothing is missing, stage skipped")
+            continue
+        trained_complete = trained_complete or stage.complete_data
         model.begin_stage(stage)
         stage_masks = presents if stage.complete_data else masks
         cache = _stage_cache_path(config, dataset, stage.name) if stage.complete_data else None
