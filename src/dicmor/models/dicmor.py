@@ -130,8 +130,7 @@ class DiCMoR(MultimodalModel):
             index = (~available[:, j]).nonzero().squeeze(1)
             if index.numel() == 0:
                 continue
-            with torch.no_grad():
-                decoded = self._decode(j, full[:, index], weights[index])  # (n, d, T')
+            decoded = self._decode(j, full[:, index], weights[index])  # (n, d, T')
             refined = self.refiners[m](decoded)  # (n, d, T')
             filled[m] = features[m].index_copy(0, index, refined)
             recovered[m] = (index, refined)
@@ -144,14 +143,17 @@ class DiCMoR(MultimodalModel):
         """
         name = self.info.modality_names[target]
         flow = self.flows[name]
-        if self.mergers is None:
-            count = weights.sum(dim=1).clamp(min=1.0)  # (n,)
-            fused = torch.einsum("mnct,nm->nct", latents, weights) / count[:, None, None]
-            return flow.inverse(fused)  # (n, d, T')
-        sources = [j for j in range(len(self.info.modality_names)) if j != target]
-        decodings = [
-            flow.inverse(latents[j]) * weights[:, j, None, None] for j in sources
-        ]  # each (n, d, T')
+        # The decoded tensor carries no gradient to the flows (SPEC §5.5): they learn from
+        # their NLL only. The merge of decode-merge is learnt, by the reconstruction loss.
+        with torch.no_grad():
+            if self.mergers is None:
+                count = weights.sum(dim=1).clamp(min=1.0)  # (n,)
+                fused = torch.einsum("mnct,nm->nct", latents, weights) / count[:, None, None]
+                return flow.inverse(fused)  # (n, d, T')
+            sources = [j for j in range(len(self.info.modality_names)) if j != target]
+            decodings = [
+                flow.inverse(latents[j]) * weights[:, j, None, None] for j in sources
+            ]  # each (n, d, T')
         return self.mergers[name](torch.cat(decodings, dim=1))
 
     def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:
