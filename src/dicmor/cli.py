@@ -47,7 +47,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dicmor.training.run import run_experiment
 
     config = _config_from_args(args)
-    result = run_experiment(config, name=args.name)
+    masks = None
+    if args.masks:
+        from dicmor.missing.protocols import load_masks
+
+        masks, _ = load_masks(args.masks)
+        with np.load(args.masks, allow_pickle=False) as saved:
+            protocol = MissingProtocol.from_string(str(saved["protocol"]))
+        config = Config(config.data, config.model, config.train, protocol, config.output_dir)
+    result = run_experiment(config, name=args.name, masks=masks)
     row = {
         "method": config.model.method,
         "protocol": str(config.missing),
@@ -189,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method", help="registered method (see `dicmor models`)")
     train.add_argument(
         "--missing", help="protocol: none, random:0.3, fixed:text+audio, legacy-batch:0.5"
+    )
+    train.add_argument(
+        "--masks",
+        help="train and test on the masks of this masks.npz (another "
+        "run's) instead of generating them",
     )
     train.add_argument("--name", help="run folder name (default: time, data, method, protocol)")
     train.set_defaults(func=cmd_train)

@@ -25,7 +25,7 @@ import dicmor
 from dicmor.config import Config, DataConfig, ModelConfig, from_dict, to_dict
 from dicmor.data import load_dataset
 from dicmor.data.batches import Batches
-from dicmor.data.dataset import MultimodalDataset
+from dicmor.data.dataset import DataError, MultimodalDataset
 from dicmor.data.embedded import load_embedded
 from dicmor.evaluation.evaluate import evaluate
 from dicmor.missing.protocols import make_masks, save_masks
@@ -131,9 +131,14 @@ def run_experiment(
     *,
     name: str | None = None,
     dataset: MultimodalDataset | None = None,
+    masks: dict[str, np.ndarray] | None = None,
     log: Any = print,
 ) -> RunResult:
-    """Train ``config.model.method`` through its stages, then score the test split once."""
+    """Train ``config.model.method`` through its stages, then score the test split once.
+
+    ``masks`` ({split: (N, M) bool}, e.g. another run's ``masks.npz``) replaces the masks the
+    protocol would generate, so that several methods train and test on the same missing entries.
+    """
     seed_everything(config.train.seed)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
@@ -143,7 +148,17 @@ def run_experiment(
         log(f"data: {note}")
     names = dataset.modality_names
     presents = {s: split.present for s, split in dataset.splits.items()}
-    masks = make_masks(config.missing, presents, names, config.train.seed)
+    if masks is None:
+        masks = make_masks(config.missing, presents, names, config.train.seed)
+    else:
+        for split_name, present in presents.items():
+            given = masks.get(split_name)
+            if given is None or given.shape != present.shape:
+                raise DataError(
+                    f"masks: split '{split_name}' needs a bool mask of shape {present.shape}, "
+                    f"got {None if given is None else given.shape}"
+                )
+        masks = {s: masks[s] & presents[s] for s in presents}
     run_dir = _new_run_dir(config, dataset, name)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     save_masks(run_dir / "masks.npz", masks, names, config.missing, config.train.seed)
