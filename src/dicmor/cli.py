@@ -128,24 +128,30 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train each method at several missing rates on the embedded dataset; print one table."""
+    _sweep(args, seeds=[args.seed] if args.seed is not None else None)
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    """Train methods × missing protocols × seeds on the same masks; print mean ± std."""
+    _sweep(args, seeds=args.seeds)
+
+
+def _sweep(args: argparse.Namespace, seeds: list[int] | None) -> None:
+    from dicmor.evaluation.sweep import run_sweep
     from dicmor.registry import model_names
-    from dicmor.reporting.tables import metrics_table
-    from dicmor.training.run import run_experiment
 
     base = _config_from_args(args)
     methods = args.methods or [m for m in ("zero_fill", "dicmor") if m in model_names()]
-    rows = []
-    for rate in args.rates:
-        for method in methods:
-            protocol = MissingProtocol(kind="random", rate=rate) if rate > 0 else MissingProtocol()
-            config = base.replace(**{"model.method": method})
-            config = Config(config.data, config.model, config.train, protocol, config.output_dir)
-            print(f"== {method} at missing rate {rate:.1f}", flush=True)
-            result = run_experiment(config)
-            rows.append({"MR": f"{rate:.1f}", "method": method, "metrics": result.metrics})
-            task = result.model.info.task
+    if args.missing:
+        protocols = [MissingProtocol.from_string(text) for text in args.missing]
+    else:
+        protocols = [
+            MissingProtocol(kind="random", rate=rate) if rate > 0 else MissingProtocol()
+            for rate in args.rates
+        ]
+    _, _, table = run_sweep(base, methods, protocols, seeds or [base.train.seed])
     print()
-    print(metrics_table(rows, task, ["MR", "method"]))
+    print(table)
 
 
 def cmd_data_inspect(args: argparse.Namespace) -> None:
@@ -227,13 +233,32 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     pr.set_defaults(func=cmd_predict)
 
-    demo = commands.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    _add_run_options(demo)
-    demo.add_argument("--methods", nargs="+", help="methods to compare")
-    demo.add_argument(
-        "--rates", nargs="+", type=float, default=[0.0, 0.2, 0.4, 0.6], help="random missing rates"
-    )
-    demo.set_defaults(func=cmd_demo)
+    for name, func in (("demo", cmd_demo), ("sweep", cmd_sweep)):
+        sub = commands.add_parser(name, help=func.__doc__, description=func.__doc__)
+        _add_run_options(sub)
+        sub.add_argument("--methods", nargs="+", help="methods to compare (default: all)")
+        sub.add_argument(
+            "--rates",
+            nargs="+",
+            type=float,
+            default=[0.0, 0.2, 0.4, 0.6],
+            help="random missing rates (default: 0.0 0.2 0.4 0.6)",
+        )
+        sub.add_argument(
+            "--missing",
+            nargs="+",
+            help="protocols instead of --rates, e.g. "
+            "fixed:text fixed:audio+vision legacy-batch:0.5",
+        )
+        if name == "sweep":
+            sub.add_argument(
+                "--seeds",
+                nargs="+",
+                type=int,
+                default=[1111, 1112, 1113],
+                help="seeds (default: 1111 1112 1113)",
+            )
+        sub.set_defaults(func=func)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)
