@@ -12,7 +12,7 @@ import numpy as np
 
 from dicmor.config import Config, ConfigError, load_config, parse_override, preset_names
 from dicmor.data.dataset import DataError
-from dicmor.missing.protocols import MissingProtocol, MissingProtocolError
+from dicmor.missing.protocols import MaskFileError, MissingProtocol, MissingProtocolError
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -88,7 +88,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         masks = make_masks(protocol, presents, names, seed)
         label = str(protocol)
     if args.split not in masks:
-        raise DataError(f"no mask for split '{args.split}'")
+        raise DataError(f"{args.masks}: no mask for split '{args.split}'")
+    expected = dataset.splits[args.split].present.shape
+    if masks[args.split].shape != expected:
+        raise DataError(
+            f"{args.masks or 'masks'}: split '{args.split}' has a mask of shape "
+            f"{masks[args.split].shape}, the data needs {expected}"
+        )
     metrics, _ = evaluate(
         model,
         dataset.splits[args.split],
@@ -277,7 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, MissingProtocolError, FileNotFoundError) as error:
+    except (
+        ConfigError,
+        DataError,
+        MaskFileError,
+        MissingProtocolError,
+        FileNotFoundError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -45,7 +45,7 @@ def _mean_losses(model: MultimodalModel, batches: Batches) -> dict[str, float]:
             size = len(batch["label"])
             losses = model.loss(model(batch), batch)
             for key, value in losses.items():
-                sums[key] += float(value) * size
+                sums[key] += float(value.detach()) * size
             count += size
     return {key: value / count for key, value in sums.items()}
 

@@ -114,13 +114,25 @@ def _new_run_dir(config: Config, dataset: MultimodalDataset, name: str | None) -
     return run_dir
 
 
+def _fingerprint(dataset: MultimodalDataset) -> str:
+    """A digest of everything a complete-data stage learns from: the train and valid splits."""
+    digest = hashlib.sha256(repr(dataset.modality_names).encode())
+    for name in ("train", "valid"):
+        split = dataset.splits[name]
+        arrays = [*split.modalities.values(), split.labels, split.present, *split.extras.values()]
+        for array in arrays:
+            digest.update(repr((array.shape, array.dtype.str)).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def _stage_cache_path(config: Config, dataset: MultimodalDataset, stage: str) -> Path:
     """Where a complete-data stage's weights are cached: keyed by everything but the protocol."""
     key = to_dict(config)
     key.pop("missing")
     key.pop("output_dir")
     key["train"].pop("progress")
-    key["dataset"] = [dataset.source, dataset.name, list(dataset.modality_names)]
+    key["dataset"] = [dataset.source, dataset.name, _fingerprint(dataset)]
     key["stage"] = stage
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.output_dir) / "cache" / f"{config.model.method}-{stage}-{digest}.pt"

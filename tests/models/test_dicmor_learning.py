@@ -1,0 +1,137 @@
+"""DiCMoR against zero-filling on data where every modality carries the class and losing one
+hurts: are the recovered features closer to the real ones, and is the accuracy higher?
+
+Both methods train at random MR 0.5 on the same masks (three seeds) for the same number of epochs
+in total (zero-fill 16; DiCMoR 8 on complete data, then 8 under the protocol), then the test split's
+missing entries are compared in DiCMoR's own shallow-feature space: the real features X_m
+(``target_features``) against DiCMoR's refined recoveries and against zeros, which is what
+zero-filling recovers in any feature space (a bias-free extractor maps zeros to zeros).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import small_config
+
+from dicmor.config import Config
+from dicmor.data.batches import Batches
+from dicmor.data.synthetic import make_classification_dataset
+from dicmor.missing.protocols import MissingProtocol
+from dicmor.reporting.gaps import mmd_rbf, mse
+from dicmor.training.run import run_experiment
+
+SEEDS = (1, 2, 3)
+RATE = 0.5
+EPOCHS = {"zero_fill": 16, "dicmor": 8}
+"""Maximum epochs per stage: DiCMoR has two stages, zero-filling one."""
+
+
+@dataclass
+class Outcome:
+    """One seed: test accuracies and, per modality, (MSE, MMD) of refined and zero recoveries."""
+
+    accuracy: dict[str, float]
+    refined: dict[str, tuple[float, float]]
+    zeros: dict[str, tuple[float, float]]
+
+
+def per_step(x: torch.Tensor) -> torch.Tensor:
+    """(n, d, T) → (n·T, d): each time step's feature vector is one sample."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1])  # (n·T, d)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
+    # Four classes; each modality alone is a weak hint (logistic regression on one modality
+    # scores about 0.7 on this data, on all three about 0.95).
+    shapes = {"a": (4, 6), "b": (4, 6), "c": (4, 6)}
+    data = make_classification_dataset(600, num_classes=4, modalities=shapes, seed=0, signal=1.5)
+    output_dir = tmp_path_factory.mktemp("learning")
+    results = []
+    for seed in SEEDS:
+        accuracy = {}
+        model = masks = None
+        for method in ("zero_fill", "dicmor"):
+            config = small_config(
+                method,
+                **{
+                    "train.batch_size": 32,
+                    "train.lr": 3e-3,
+                    "train.max_epochs": EPOCHS[method],
+                    "train.seed": seed,
+                    "output_dir": str(Path(output_dir) / method),
+                },
+            )
+            config = Config(
+                config.data,
+                config.model,
+                config.train,
+                MissingProtocol("random", RATE),
+                config.output_dir,
+            )
+            result = run_experiment(config, dataset=data, log=lambda _: None)
+            accuracy[method] = result.metrics["acc"]
+            model, masks = result.model, result.masks
+        test = data.splits["test"]
+        batch = next(
+            iter(Batches(test, data.modality_names, masks["test"], len(test), with_targets=True))
+        )
+        model.eval()
+        with torch.no_grad():
+            recovered = model(batch)["recovered"]
+        refined, zeros = {}, {}
+        for m, (index, features) in recovered.items():
+            real = model.target_features(m, batch, index)  # (n, d, T')
+            zero = torch.zeros_like(real)
+            refined[m] = (mse(features, real), mmd_rbf(per_step(real), per_step(features)))
+            zeros[m] = (mse(zero, real), mmd_rbf(per_step(real), per_step(zero)))
+        assert sorted(refined) == sorted(data.modality_names)
+        results.append(Outcome(accuracy, refined, zeros))
+    return results
+
+
+def test_recovered_features_are_closer_in_distribution_than_zeros(outcomes) -> None:
+    ratios = []
+    for outcome in outcomes:
+        for m, (_, gap) in outcome.refined.items():
+            assert gap < outcome.zeros[m][1], (m, outcome)
+            ratios.append(gap / outcome.zeros[m][1])
+    assert np.mean(ratios) < 0.8, ratios
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="DiCMoR's refined recoveries have about 10-30% higher MSE than zeros on this data: the "
+    "class-conditional prior stays nearly unseparated, so decoding transfers the marginal "
+    "distribution (a fresh draw costs about twice the variance), and the refinement, weighted "
+    "0.1 against the task loss, does not pull it back to the conditional mean",
+)
+def test_recovered_features_have_lower_mse_than_zeros(outcomes) -> None:
+    for outcome in outcomes:
+        for m, (error, _) in outcome.refined.items():
+            assert error < outcome.zeros[m][0], (m, outcome)
+
+
+def test_both_methods_learn(outcomes) -> None:
+    for method in EPOCHS:
+        accuracy = np.mean([o.accuracy[method] for o in outcomes])
+        assert accuracy > 0.6, (method, accuracy)  # chance is 0.25
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="at the same number of epochs DiCMoR is not more accurate than zero-filling here "
+    "(mean test accuracy about 0.78 for both over the three seeds); with zero-filling held to 8 "
+    "epochs it scores about 0.75, so DiCMoR's edge at equal per-stage epochs comes from its "
+    "extra complete-data stage, not from the recovery",
+)
+def test_dicmor_is_more_accurate_than_zero_filling(outcomes) -> None:
+    dicmor = np.mean([o.accuracy["dicmor"] for o in outcomes])
+    zero_fill = np.mean([o.accuracy["zero_fill"] for o in outcomes])
+    # Two points: the smallest gain worth the method's cost (DiCMoR reports several at MR 0.5).
+    assert dicmor >= zero_fill + 0.02, [o.accuracy for o in outcomes]
