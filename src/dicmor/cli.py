@@ -160,6 +160,14 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None) -> None:
     print(table)
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    """Plot a sweep's metric against the missing rate (or per protocol), mean ± std."""
+    from dicmor.reporting.plots import plot_summary, read_summary
+
+    out = plot_summary(read_summary(args.sweep), args.out, args.metric)
+    print(f"plot written to {out}")
+
+
 def cmd_data_inspect(args: argparse.Namespace) -> None:
     """Print splits, modalities, shapes, label statistics, non-finite and missing counts."""
     from dicmor.config import DataConfig
@@ -265,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="seeds (default: 1111 1112 1113)",
             )
         sub.set_defaults(func=func)
+
+    plot = commands.add_parser("plot", help=cmd_plot.__doc__, description=cmd_plot.__doc__)
+    plot.add_argument("sweep", help="a sweep's output folder (holding summary.json) or the file")
+    plot.add_argument("--metric", help="metric key, e.g. acc2_non0, f1_non0, acc7, mae, acc")
+    plot.add_argument("--out", default="sweep.png", help="image to write (.png, .pdf, .svg)")
+    plot.set_defaults(func=cmd_plot)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -36,4 +36,4 @@ def test_sweep_shares_masks_between_methods_and_aggregates(tmp_path: Path) -> No
     accs = [run["metrics"]["acc"] for run in runs]
     assert rows[0]["metrics"]["acc"] == np.mean(accs)
     assert "random MR=0.30" in table and "±" in table
-    assert json.loads((tmp_path / "summary.json").read_text())[0]["n"] == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["n"] == 4

@@ -40,16 +40,19 @@ def run_sweep(
                 runs.append(
                     {
                         "protocol": str(protocol),
+                        "kind": protocol.kind,
+                        "rate": protocol.rate,
                         "method": method,
                         "seed": seed,
                         "run_dir": str(result.run_dir),
                         "metrics": result.metrics,
                     }
                 )
-    rows = aggregate(runs, ["protocol", "method"])
+    rows = aggregate(runs, ["protocol", "kind", "rate", "method"])
     table = metrics_table(rows, dataset.task, ["protocol", "method", "n"])
     out = Path(base.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(runs, indent=1))
-    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    summary = {"task": dataset.task, "rows": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return runs, rows, table
