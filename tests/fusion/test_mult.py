@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from dicmor.fusion import MulT, MulTConfig
+from dicmor.nn import TransformerEncoder
 
 SMALL = MulTConfig(dim=8, num_heads=2, num_layers=1, attn_dropout=0.1, embed_dropout=0.1)
 
@@ -29,11 +30,11 @@ def test_shapes_for_any_number_of_modalities(lengths: dict[str, int]) -> None:
     assert model.representation(features).shape == (3, num * (num - 1) * 8)
     assert model.representation_dim == num * (num - 1) * 8
     assert model(features).shape == (3, 4)
-    assert isinstance(model.crossmodal, nn.ModuleDict)
-    for target in lengths:
-        assert isinstance(model.crossmodal[target], nn.ModuleDict)
-        assert set(model.crossmodal[target]) == set(lengths) - {target}
-        assert len(model.self_attention[target].layers) == 3
+    names = list(lengths)
+    assert model.pairs == tuple((t, s) for t in names for s in names if s != t)
+    assert model.crossmodal.groups == num * (num - 1)
+    assert model.self_attention.groups == num
+    assert len(model.self_attention.layers) == 3
 
 
 def test_forward_is_head_of_residual_mlp_over_representation() -> None:
@@ -82,11 +83,60 @@ def test_per_target_attention_dropout_override() -> None:
     )
     model = MulT(["text", "audio", "vision"], config, output_dim=1)
     expected = {"text": 0.3, "audio": 0.2, "vision": 0.0}
-    for target, sources in model.crossmodal.items():
-        for encoder in sources.values():
-            assert {layer.attn_dropout for layer in encoder.layers} == {expected[target]}
-    for encoder in model.self_attention.values():
-        assert {layer.attn_dropout for layer in encoder.layers} == {0.3}
+    by_pair = tuple(expected[target] for target, _ in model.pairs)
+    assert by_pair == (0.3, 0.3, 0.2, 0.2, 0.0, 0.0)
+    for layer in model.crossmodal.layers:
+        assert layer.attn_dropout == by_pair
+    for layer in model.self_attention.layers:
+        assert layer.attn_dropout == (0.3, 0.3, 0.3)
+
+
+def _separate_representation(model: MulT, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MulT as separate single-group encoders, one per (target, source) and one per target,
+    with the weights copied from the grouped model."""
+    config = model.config
+    names = model.modality_names
+    crossed: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for g, (target, source) in enumerate(model.pairs):
+        encoder = TransformerEncoder(config.dim, config.num_heads, config.num_layers).eval()
+        encoder.load_state_dict({k: v[g : g + 1] for k, v in model.crossmodal.state_dict().items()})
+        out = encoder(features[target].transpose(1, 2), features[source].transpose(1, 2))
+        crossed[target].append(out)
+    summaries = []
+    for j, target in enumerate(names):
+        width = (len(names) - 1) * config.dim
+        encoder = TransformerEncoder(width, config.num_heads, max(config.num_layers, 3)).eval()
+        encoder.load_state_dict(
+            {k: v[j : j + 1] for k, v in model.self_attention.state_dict().items()}
+        )
+        summaries.append(encoder(torch.cat(crossed[target], dim=-1))[:, -1])
+    return torch.cat(summaries, dim=-1)
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [{"text": 5, "audio": 5, "vision": 5}, {"text": 6, "audio": 9, "vision": 4}],
+    ids=["grouped", "by-group"],
+)
+def test_grouped_model_equals_separate_encoders(lengths: dict[str, int]) -> None:
+    torch.manual_seed(0)
+    model = MulT(list(lengths), SMALL, output_dim=1).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # every group's norms differ from the identity
+    features = _features(lengths)
+    torch.testing.assert_close(
+        model.representation(features), _separate_representation(model, features)
+    )
+
+
+def test_grouped_and_by_group_paths_agree_for_equal_lengths() -> None:
+    torch.manual_seed(0)
+    model = MulT(["w", "x", "y", "z"], SMALL, output_dim=1).eval()
+    features = _features({"w": 5, "x": 5, "y": 5, "z": 5})
+    torch.testing.assert_close(
+        model.representation(features), model._representation_by_group(features)
+    )
 
 
 def test_override_copy_is_private() -> None:

@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dicmor.nn import ChannelAttention, RefinementNetwork, ResidualChannelAttentionBlock
+from dicmor.nn.rcan import TimeConv
 
 
 @pytest.mark.parametrize(("channels", "length"), [(32, 46), (5, 1), (8, 7)])
@@ -41,22 +43,22 @@ def test_channel_attention_rescales_by_formula() -> None:
     torch.manual_seed(0)
     attention = ChannelAttention(32, reduction=16)
     assert attention.down.out_features == 2
-    x = torch.randn(3, 32, 10) + 1.0
+    x = torch.randn(3, 10, 32) + 1.0  # (B, T, C)
     out = attention(x)
-    hidden = torch.relu(x.mean(-1) @ attention.down.weight.T + attention.down.bias)
+    hidden = torch.relu(x.mean(1) @ attention.down.weight.T + attention.down.bias)
     scale = torch.sigmoid(hidden @ attention.up.weight.T + attention.up.bias)  # (B, C)
-    torch.testing.assert_close(out, x * scale.unsqueeze(-1))
+    torch.testing.assert_close(out, x * scale.unsqueeze(1))
     # A real rescaling: not identity, different per channel, constant over time.
     ratio = out / x
     assert not torch.allclose(ratio, torch.ones_like(ratio))
-    assert ratio[0, :, 0].std() > 1e-3
-    torch.testing.assert_close(ratio, ratio[..., :1].expand_as(ratio))
+    assert ratio[0, 0].std() > 1e-3
+    torch.testing.assert_close(ratio, ratio[:, :1].expand_as(ratio))
 
 
 def test_channel_attention_depends_on_input() -> None:
     torch.manual_seed(0)
     attention = ChannelAttention(16, reduction=4)
-    a, b = torch.randn(1, 16, 8), 3.0 * torch.randn(1, 16, 8)
+    a, b = torch.randn(1, 8, 16), 3.0 * torch.randn(1, 8, 16)
     assert not torch.allclose(attention.gate(a), attention.gate(b))
 
 
@@ -67,9 +69,27 @@ def test_channel_attention_hidden_width_at_least_one() -> None:
 def test_block_is_residual() -> None:
     torch.manual_seed(0)
     block = ResidualChannelAttentionBlock(8, reduction=4)
-    x = torch.randn(2, 8, 6)
+    x = torch.randn(2, 6, 8)
     assert not torch.allclose(block(x), x)
     with torch.no_grad():
         block.conv2.weight.zero_()
         block.conv2.bias.zero_()
     torch.testing.assert_close(block(x), x)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+def test_time_conv_is_a_same_padded_convolution(kernel_size: int) -> None:
+    torch.manual_seed(0)
+    conv = TimeConv(6, 4, kernel_size)
+    bound = (6 * kernel_size) ** -0.5
+    assert conv.weight.abs().max() <= bound and conv.weight.std() > 0.3 * bound
+    x = torch.randn(3, 7, 6)  # (B, T, C)
+    # Column block i of the weight is the kernel tap i of torch's (out, in, k) layout.
+    weight = conv.weight.view(4, kernel_size, 6).permute(0, 2, 1)  # (out, in, k)
+    expected = F.conv1d(x.transpose(1, 2), weight, conv.bias, padding=kernel_size // 2)
+    torch.testing.assert_close(conv(x), expected.transpose(1, 2))
+
+
+def test_time_conv_rejects_even_kernels() -> None:
+    with pytest.raises(ValueError, match=r"TimeConv\.kernel_size: must be odd"):
+        TimeConv(4, 4, 2)

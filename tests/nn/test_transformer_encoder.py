@@ -2,9 +2,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dicmor.nn import TransformerEncoder, TransformerLayer, causal_mask, sinusoidal_positions
+from dicmor.nn.transformer import GroupedLayerNorm, GroupedLinear
 
 
 def test_sinusoidal_positions_match_formula() -> None:
@@ -33,16 +35,18 @@ def test_causal_mask_alignment() -> None:
 
 
 def _reference_layer(layer: TransformerLayer, x: torch.Tensor, src: torch.Tensor, mask=None):
+    """The same layer from torch.nn parts, with the weights of group 0."""
     attention = nn.MultiheadAttention(layer.dim, layer.num_heads, batch_first=True)
     with torch.no_grad():
-        attention.in_proj_weight.copy_(layer.in_proj.weight)
-        attention.in_proj_bias.copy_(layer.in_proj.bias)
-        attention.out_proj.weight.copy_(layer.out_proj.weight)
-        attention.out_proj.bias.copy_(layer.out_proj.bias)
+        attention.in_proj_weight.copy_(layer.in_proj.weight[0].T)
+        attention.in_proj_bias.copy_(layer.in_proj.bias[0])
+        attention.out_proj.weight.copy_(layer.out_proj.weight[0].T)
+        attention.out_proj.bias.copy_(layer.out_proj.bias[0])
     q, kv = layer.attn_norm(x), layer.attn_norm(src)
     blocked = None if mask is None else ~mask
     y = x + attention(q, kv, kv, attn_mask=blocked, need_weights=False)[0]
-    return y + layer.fc2(torch.relu(layer.fc1(layer.ff_norm(y))))
+    hidden = F.linear(layer.ff_norm(y), layer.fc1.weight[0].T, layer.fc1.bias[0]).relu()
+    return y + F.linear(hidden, layer.fc2.weight[0].T, layer.fc2.bias[0])
 
 
 @pytest.mark.parametrize("attn_mask", [False, True])
@@ -65,6 +69,7 @@ def test_encoder_scales_adds_positions_and_normalises() -> None:
     embed_x = 4.0 * x + sinusoidal_positions(6, 16)
     embed_src = 4.0 * src + sinusoidal_positions(4, 16)
     expected = encoder.norm(encoder.layers[0](embed_x, embed_src))
+    assert expected.shape == (3, 6, 16)
     torch.testing.assert_close(encoder(x, src), expected)
 
 
@@ -131,3 +136,102 @@ def test_invalid_arguments() -> None:
         TransformerEncoder(8, 2, 0)
     with pytest.raises(ValueError, match=r"\(B, T, 8\)"):
         TransformerEncoder(8, 2, 1)(torch.randn(2, 3, 4))
+    grouped = TransformerEncoder(8, 2, 1, groups=3)
+    with pytest.raises(ValueError, match=r"expected input \(3, B, T, 8\), got \(2, 4, 5, 8\)"):
+        grouped(torch.randn(2, 4, 5, 8))
+    with pytest.raises(ValueError, match=r"expected input \(B, T, 8\)"):
+        grouped(torch.randn(3, 4, 5, 8), group=0)
+    with pytest.raises(ValueError, match=r"group must be in \[0, 3\), got 3"):
+        grouped(torch.randn(4, 5, 8), group=3)
+    with pytest.raises(ValueError, match="one value per group"):
+        TransformerEncoder(8, 2, 1, attn_dropout=[0.1, 0.2], groups=3)
+    with pytest.raises(ValueError, match=r"TransformerLayer\.attn_dropout"):
+        TransformerEncoder(8, 2, 1, attn_dropout=[0.1, 1.0], groups=2)
+
+
+def _copy_group(grouped: nn.Module, single: nn.Module, g: int) -> None:
+    """Load group g of a grouped module's parameters into a single-group module."""
+    state = grouped.state_dict()
+    single.load_state_dict({key: value[g : g + 1] for key, value in state.items()})
+
+
+@pytest.mark.parametrize("attn_mask", [False, True])
+@pytest.mark.parametrize("cross", [False, True])
+def test_grouped_encoder_equals_separate_encoders(attn_mask: bool, cross: bool) -> None:
+    torch.manual_seed(0)
+    grouped = TransformerEncoder(16, 4, 2, attn_mask=attn_mask, groups=3).eval()
+    with torch.no_grad():
+        for p in grouped.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # every group's norms differ from the identity
+    x = torch.randn(3, 2, 7, 16)
+    src = torch.randn(3, 2, 7, 16) if cross else None
+    out = grouped(x, src)
+    for g in range(3):
+        single = TransformerEncoder(16, 4, 2, attn_mask=attn_mask).eval()
+        _copy_group(grouped, single, g)
+        expected = single(x[g], None if src is None else src[g])
+        torch.testing.assert_close(out[g], expected, rtol=1e-5, atol=1e-5)
+        alone = grouped(x[g], None if src is None else src[g], group=g)
+        torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_dropout_is_per_group() -> None:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(
+        16, 4, 2, attn_dropout=[0.0, 0.5], relu_dropout=0.0, res_dropout=0.0, groups=2
+    )
+    x = torch.randn(2, 3, 6, 16)
+    first, second = encoder(x), encoder(x)
+    encoder.eval()
+    reference = encoder(x)
+    # Group 0 has no dropout at all; group 1 drops attention weights in training only.
+    torch.testing.assert_close(first[0], reference[0])
+    torch.testing.assert_close(second[0], reference[0])
+    assert not torch.allclose(first[1], second[1])
+    assert not torch.allclose(first[1], reference[1])
+
+
+def test_grouped_linear_applies_each_groups_map() -> None:
+    torch.manual_seed(0)
+    layer = GroupedLinear(3, 5, 4)
+    bound = 5**-0.5
+    assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
+    assert layer.weight.std() > 0.3 * bound
+    x = torch.randn(3, 2, 7, 5)
+    y = layer(x)
+    for g in range(3):
+        expected = x[g] @ layer.weight[g] + layer.bias[g]
+        torch.testing.assert_close(y[g], expected)
+        torch.testing.assert_close(layer(x[g : g + 1], group=g)[0], expected)
+
+
+def test_grouped_layer_norm_matches_layer_norm_per_group() -> None:
+    torch.manual_seed(0)
+    norm = GroupedLayerNorm(2, 6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = 3.0 * torch.randn(2, 4, 5, 6) + 1.0
+    y = norm(x)
+    for g in range(2):
+        reference = nn.LayerNorm(6)
+        with torch.no_grad():
+            reference.weight.copy_(norm.weight[g])
+            reference.bias.copy_(norm.bias[g])
+        torch.testing.assert_close(y[g], reference(x[g]))
+        torch.testing.assert_close(norm(x[g : g + 1], group=g)[0], reference(x[g]))
+
+
+@pytest.mark.parametrize("attn_mask", [False, True])
+@pytest.mark.parametrize("source_len", [None, 4, 9])
+def test_last_step_only_equals_the_last_step_of_the_full_output(
+    attn_mask: bool, source_len: int | None
+) -> None:
+    torch.manual_seed(0)
+    encoder = TransformerEncoder(16, 4, 3, attn_mask=attn_mask, groups=2).eval()
+    x = torch.randn(2, 3, 7, 16)
+    src = None if source_len is None else torch.randn(2, 3, source_len, 16)
+    full = encoder(x, src)
+    last = encoder(x, src, last_step_only=True)
+    assert last.shape == (2, 3, 1, 16)
+    torch.testing.assert_close(last, full[:, :, -1:], rtol=1e-5, atol=1e-5)

@@ -10,65 +10,85 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dicmor.flows.actnorm import check_points, select
+
 
 class InvertibleConv1x1(nn.Module):
-    """Channel mixing ``z[:, :, t] = W x[:, :, t]``, ``W = P L (U + diag(sign(s) exp(log|s|)))``.
+    """Channel mixing ``z_n = W x_n``, ``W = P L (U + diag(sign(s) exp(log|s|)))``, per group.
 
     P is a fixed permutation, L lower triangular with unit diagonal, U strictly upper triangular.
     The parametrisation makes ``log|det W| = sum(log|s|)`` free to compute and keeps W invertible
-    while the signs of s are fixed. W starts as a random orthogonal matrix drawn from the global
-    torch RNG, so the layer is volume-preserving at initialisation.
+    while the signs of s are fixed. Each group's W starts as a random orthogonal matrix drawn from
+    the global torch RNG, so the layer is volume-preserving at initialisation.
 
     Args:
         channels: number of channels C.
+        groups: number of groups G.
+
+    Shapes:
+        x: (G, N, C) → z: (G, N, C), logdet: (G, N)
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, groups: int = 1) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"InvertibleConv1x1: channels must be >= 1, got {channels}")
+        if groups < 1:
+            raise ValueError(f"InvertibleConv1x1: groups must be >= 1, got {groups}")
         self.channels = channels
-        q, _ = torch.linalg.qr(torch.randn(channels, channels))
+        self.groups = groups
+        q, _ = torch.linalg.qr(torch.randn(groups, channels, channels))
         p, lower, upper = torch.linalg.lu(q)
-        s = upper.diagonal()
+        s = upper.diagonal(dim1=1, dim2=2)  # (G, C)
         self.register_buffer("permutation", p)
         self.register_buffer("sign_s", s.sign())
         # Only the strict triangles of `lower` and `upper` are used; the rest is masked out.
         self.lower = nn.Parameter(lower)
         self.upper = nn.Parameter(upper)
         self.log_abs_s = nn.Parameter(s.abs().log())
-        self.register_buffer("identity", torch.eye(channels), persistent=False)
 
-    def _check(self, x: Tensor) -> None:
-        if x.dim() != 3 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"InvertibleConv1x1: expected a tensor of shape (B, {self.channels}, T), "
-                f"got {tuple(x.shape)}"
-            )
+    def _factors(self, group: int | None) -> tuple[Tensor, Tensor]:
+        return lu_factors(
+            select(self.lower, group),
+            select(self.upper, group),
+            select(self.sign_s, group),
+            select(self.log_abs_s, group),
+        )
 
-    def _factors(self) -> tuple[Tensor, Tensor]:
-        lower = self.lower.tril(-1) + self.identity
-        # identity * v is diag(v) in one elementwise op, cheaper than torch.diag at this size.
-        upper = self.upper.triu(1) + self.identity * (self.sign_s * self.log_abs_s.exp())
-        return lower, upper
+    def weight(self, group: int | None = None) -> Tensor:
+        """The current weights ``W: (G, C, C)``, or group g's as ``(1, C, C)``."""
+        lower, upper = self._factors(group)
+        return select(self.permutation, group) @ lower @ upper
 
-    def weight(self) -> Tensor:
-        """The current weight ``W: (C, C)``."""
-        lower, upper = self._factors()
-        return self.permutation @ lower @ upper
+    def forward(self, x: Tensor, group: int | None = None) -> tuple[Tensor, Tensor]:
+        """Map ``x: (G, N, C)`` to ``(z: (G, N, C), logdet: (G, N))``."""
+        check_points("InvertibleConv1x1", x, self.groups, self.channels, group)
+        z = x @ self.weight(group).transpose(1, 2)  # row form of W x_n
+        logdet = select(self.log_abs_s, group).sum(dim=1, keepdim=True)
+        return z, logdet.expand(x.shape[0], x.shape[1])
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Map ``x: (B, C, T)`` to ``(z: (B, C, T), logdet: (B,))``."""
-        self._check(x)
-        z = self.weight() @ x
-        logdet = (self.log_abs_s.sum() * x.shape[2]).expand(x.shape[0])
-        return z, logdet
+    def inverse(self, z: Tensor, group: int | None = None) -> Tensor:
+        """Map ``z: (G, N, C)`` back to ``x: (G, N, C)``."""
+        check_points("InvertibleConv1x1", z, self.groups, self.channels, group)
+        lower, upper = self._factors(group)
+        # In row form z = x U^T L^T P^T, and P^T P = I: two triangular solves from the right undo
+        # L and U without forming W^-1.
+        y = z @ select(self.permutation, group)
+        y = torch.linalg.solve_triangular(
+            lower.transpose(1, 2), y, upper=True, left=False, unitriangular=True
+        )
+        return torch.linalg.solve_triangular(upper.transpose(1, 2), y, upper=False, left=False)
 
-    def inverse(self, z: Tensor) -> Tensor:
-        """Map ``z: (B, C, T)`` back to ``x: (B, C, T)``."""
-        self._check(z)
-        lower, upper = self._factors()
-        # Two triangular solves undo L and U without forming W^-1.
-        y = self.permutation.T @ z
-        y = torch.linalg.solve_triangular(lower, y, upper=False, unitriangular=True)
-        return torch.linalg.solve_triangular(upper, y, upper=True)
+
+def lu_factors(
+    lower: Tensor, upper: Tensor, sign_s: Tensor, log_abs_s: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The triangular factors ``(L, U + diag(sign(s) exp(log|s|)))`` of W from the raw
+    parameters, for any leading shape: lower, upper (*, C, C); sign_s, log_abs_s (*, C)."""
+    ones = torch.ones(lower.shape[-2:], dtype=lower.dtype, device=lower.device)
+    # Multiplying by 0/1 triangles is the same as tril/triu and much faster for a stack.
+    lower = lower * ones.tril(-1) + torch.eye(
+        lower.shape[-1], dtype=lower.dtype, device=lower.device
+    )
+    upper = upper * ones.triu(1) + torch.diag_embed(sign_s * log_abs_s.exp())
+    return lower, upper

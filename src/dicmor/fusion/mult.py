@@ -101,9 +101,11 @@ def _check_probability(name: str, value: float) -> None:
 class MulT(nn.Module):
     """Multimodal Transformer over M ≥ 2 named modalities.
 
-    Modules are keyed by modality name: `crossmodal[target][source]` is the crossmodal
-    transformer from `source` into `target`, `self_attention[target]` the transformer over the
-    concatenated crossmodal outputs of `target`.
+    The M·(M−1) crossmodal transformers share one shape, so they are the groups of one grouped
+    encoder, `crossmodal`, in the order of `pairs` ((target, source), targets in modality
+    order); the M self-attention transformers over each target's concatenated crossmodal outputs
+    are the groups of `self_attention`. When every modality has the same length all of them run
+    in two passes; otherwise each group runs alone on its own lengths.
 
     Args:
         modality_names: the modalities, in the order their vectors are concatenated.
@@ -136,42 +138,36 @@ class MulT(nn.Module):
         self.output_dim = output_dim
         dim = config.dim
         num_sources = len(names) - 1
-
-        self.crossmodal = nn.ModuleDict(
-            {
-                target: nn.ModuleDict(
-                    {
-                        source: TransformerEncoder(
-                            dim,
-                            config.num_heads,
-                            config.num_layers,
-                            attn_dropout=config.attn_dropout_for(target),
-                            relu_dropout=config.relu_dropout,
-                            res_dropout=config.res_dropout,
-                            embed_dropout=config.embed_dropout,
-                            attn_mask=config.attn_mask,
-                        )
-                        for source in names
-                        if source != target
-                    }
-                )
-                for target in names
-            }
+        self.pairs = tuple((t, s) for t in names for s in names if s != t)
+        index = {name: j for j, name in enumerate(names)}
+        self.register_buffer(
+            "_targets", torch.tensor([index[t] for t, _ in self.pairs]), persistent=False
         )
-        self.self_attention = nn.ModuleDict(
-            {
-                target: TransformerEncoder(
-                    num_sources * dim,
-                    config.num_heads,
-                    max(config.num_layers, 3),
-                    attn_dropout=config.attn_dropout,
-                    relu_dropout=config.relu_dropout,
-                    res_dropout=config.res_dropout,
-                    embed_dropout=config.embed_dropout,
-                    attn_mask=config.attn_mask,
-                )
-                for target in names
-            }
+        self.register_buffer(
+            "_sources", torch.tensor([index[s] for _, s in self.pairs]), persistent=False
+        )
+
+        self.crossmodal = TransformerEncoder(
+            dim,
+            config.num_heads,
+            config.num_layers,
+            attn_dropout=[config.attn_dropout_for(t) for t, _ in self.pairs],
+            relu_dropout=config.relu_dropout,
+            res_dropout=config.res_dropout,
+            embed_dropout=config.embed_dropout,
+            attn_mask=config.attn_mask,
+            groups=len(self.pairs),
+        )
+        self.self_attention = TransformerEncoder(
+            num_sources * dim,
+            config.num_heads,
+            max(config.num_layers, 3),
+            attn_dropout=config.attn_dropout,
+            relu_dropout=config.relu_dropout,
+            res_dropout=config.res_dropout,
+            embed_dropout=config.embed_dropout,
+            attn_mask=config.attn_mask,
+            groups=len(names),
         )
         fused = len(names) * num_sources * dim
         self.representation_dim = fused
@@ -202,16 +198,35 @@ class MulT(nn.Module):
     def representation(self, features: Mapping[str, Tensor]) -> Tensor:
         """Fused vector before the MLP: {name: (B, d, T_name)} → (B, M·(M−1)·d)."""
         self._check(features)
+        names = self.modality_names
+        num = len(names)
+        if len({features[name].shape[2] for name in names}) > 1:
+            return self._representation_by_group(features)
+        sequences = torch.stack([features[name].transpose(1, 2) for name in names])  # (M, B, T, d)
+        crossed = self.crossmodal(
+            sequences.index_select(0, self._targets), sequences.index_select(0, self._sources)
+        )  # (M·(M−1), B, T, d), pairs in target-major order
+        _, batch, length, dim = crossed.shape
+        crossed = crossed.view(num, num - 1, batch, length, dim).permute(0, 2, 3, 1, 4)
+        hidden = self.self_attention(
+            crossed.reshape(num, batch, length, (num - 1) * dim), last_step_only=True
+        )  # (M, B, 1, (M−1)·d)
+        return hidden.transpose(0, 1).reshape(batch, -1)  # (B, M·(M−1)·d)
+
+    def _representation_by_group(self, features: Mapping[str, Tensor]) -> Tensor:
+        """`representation` for modalities of different lengths: one group at a time."""
         sequences = {name: x.transpose(1, 2) for name, x in features.items()}  # (B, T, d) each
-        summaries = []
-        for target in self.modality_names:
-            query = sequences[target]
-            crossed = [
-                encoder(query, sequences[source])
-                for source, encoder in self.crossmodal[target].items()
-            ]  # (M − 1) × (B, T_target, d)
-            hidden = self.self_attention[target](torch.cat(crossed, dim=-1))  # (B, T, (M−1)·d)
-            summaries.append(hidden[:, -1])  # (B, (M−1)·d)
+        crossed: dict[str, list[Tensor]] = {name: [] for name in self.modality_names}
+        for g, (target, source) in enumerate(self.pairs):
+            crossed[target].append(
+                self.crossmodal(sequences[target], sequences[source], group=g)
+            )  # (B, T_target, d)
+        summaries = [
+            self.self_attention(torch.cat(crossed[target], dim=-1), group=j, last_step_only=True)[
+                :, 0
+            ]
+            for j, target in enumerate(self.modality_names)
+        ]  # M × (B, (M−1)·d)
         return torch.cat(summaries, dim=-1)  # (B, M·(M−1)·d)
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:

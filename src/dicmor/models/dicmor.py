@@ -40,11 +40,13 @@ class DiCMoR(MultimodalModel):
         dim = config.mult.dim
         names = info.modality_names
         self.extractors = ShallowExtractors(info, config)
-        self.flows = nn.ModuleDict(
-            {
-                m: Flow(dim, options.flow_steps, options.flow_step_type, options.flow_hidden)
-                for m in names
-            }
+        # One flow per modality, run as the groups of one grouped flow (group j = modality j).
+        self.flows = Flow(
+            dim,
+            options.flow_steps,
+            options.flow_step_type,
+            options.flow_hidden,
+            groups=len(names),
         )
         self.prior = ClassConditionalPrior(info.prior_classes, dim)
         self.refiners = nn.ModuleDict(
@@ -85,16 +87,11 @@ class DiCMoR(MultimodalModel):
         available = batch["available"]  # (B, M)
         missing_any = not bool(available.all())
         latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        if self.training or missing_any:
-            for j, m in enumerate(self.info.modality_names):
-                index = available[:, j].nonzero().squeeze(1)
-                if index.numel() == 0:
-                    continue
-                z, logdet = self.flows[m](features[m].index_select(0, index))  # (n, d, T')
-                latents[m] = (index, z, logdet)
         recovered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if missing_any:
-            features, recovered = self._recover(features, available, latents)
+        if self.training or missing_any:
+            latents = self._encode(features, available)
+            if missing_any:
+                features, recovered = self._recover(features, available, latents)
         prediction = self.fusion(features)
         if self.info.task == "regression":
             prediction = prediction.squeeze(-1)  # (B,)
@@ -105,56 +102,97 @@ class DiCMoR(MultimodalModel):
             "recovered": recovered,
         }
 
+    def _encode(
+        self, features: dict[str, torch.Tensor], available: torch.Tensor
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Latents ``{m: (index (n,), z (n, d, T'), logdet (n,))}`` of the available samples of
+        each modality that has any."""
+        names = self.info.modality_names
+        present = [
+            j for j, any_available in enumerate(available.any(dim=0).tolist()) if any_available
+        ]
+        latents = {}
+        if not present:
+            return latents
+        if len(present) == 1:
+            # One modality alone (as when a whole batch keeps one): its group of the flow only.
+            j = present[0]
+            index = available[:, j].nonzero().squeeze(1)
+            z, logdet = self.flows(features[names[j]].index_select(0, index), group=j)
+            return {names[j]: (index, z, logdet)}
+        stacked = torch.stack([features[m] for m in names])  # (M, B, d, T')
+        # Every modality on the whole batch in one pass; the samples where a modality is
+        # unavailable (zeros) are computed but kept out of its latents and of ActNorm's
+        # initialisation.
+        z, logdet = self.flows(stacked, mask=available.T)  # (M, B, d, T'), (M, B)
+        for j in present:
+            index = available[:, j].nonzero().squeeze(1)
+            latents[names[j]] = (
+                index,
+                z[j].index_select(0, index),
+                logdet[j].index_select(0, index),
+            )
+        return latents
+
     def _recover(
         self,
         features: dict[str, torch.Tensor],
         available: torch.Tensor,
         latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """Fill every missing (sample, modality) entry from that sample's available modalities."""
+        """Fill every missing (sample, modality) entry from that sample's available modalities.
+
+        The latents enter detached: the flows learn from their NLL only, not from the recovery.
+        """
         names = self.info.modality_names
         reference = next(iter(features.values()))
-        # Latents of every modality on the whole batch (zeros where unavailable), detached: the
-        # flows learn from their NLL only, not from the recovery.
-        full = torch.zeros(
-            len(names), *reference.shape, dtype=reference.dtype, device=reference.device
-        )  # (M, B, d, T')
+        weights = available.to(reference.dtype)  # (B, M)
+        # Every modality's latents on the whole batch, zeros where unavailable.
+        full = reference.new_zeros(len(names), *reference.shape)  # (M, B, d, T')
         for j, m in enumerate(names):
             if m in latents:
                 index, z, _ = latents[m]
                 full[j].index_copy_(0, index, z.detach())
-        weights = available.to(reference.dtype)  # (B, M)
+        fused = None
+        if self.mergers is None:
+            # The mean of the available latents does not depend on which modality is decoded.
+            count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
+            fused = torch.einsum("mbct,bm->bct", full, weights) / count[:, None, None]
         filled = dict(features)
         recovered = {}
         for j, m in enumerate(names):
             index = (~available[:, j]).nonzero().squeeze(1)
             if index.numel() == 0:
                 continue
-            decoded = self._decode(j, full[:, index], weights[index])  # (n, d, T')
+            if fused is None:
+                decoded = self._decode_merge(j, full[:, index], weights[index])
+            else:
+                # No gradient reaches the flows through the recovery (SPEC §5.5).
+                with torch.no_grad():
+                    decoded = self.flows.inverse(fused.index_select(0, index), group=j)
             refined = self.refiners[m](decoded)  # (n, d, T')
             filled[m] = features[m].index_copy(0, index, refined)
             recovered[m] = (index, refined)
         return filled, recovered
 
-    def _decode(self, target: int, latents: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Decode modality ``target`` from other modalities' latents.
+    def _decode_merge(
+        self, target: int, latents: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Decode each other modality's latent with ``target``'s inverse flow and merge them.
 
-        latents: (M, n, d, T') with zeros where unavailable; weights: (n, M) availability.
+        latents: (M, n, d, T'); weights: (n, M) availability (unavailable decodings count as 0).
         """
         name = self.info.modality_names[target]
-        flow = self.flows[name]
-        # The decoded tensor carries no gradient to the flows (SPEC §5.5): they learn from
-        # their NLL only. The merge of decode-merge is learnt, by the reconstruction loss.
+        sources = [j for j in range(len(self.info.modality_names)) if j != target]
+        n = latents.shape[1]
+        # The decodings carry no gradient to the flows (SPEC §5.5): they learn from their NLL
+        # only. The merge itself is learnt, by the reconstruction loss.
         with torch.no_grad():
-            if self.mergers is None:
-                count = weights.sum(dim=1).clamp(min=1.0)  # (n,)
-                fused = torch.einsum("mnct,nm->nct", latents, weights) / count[:, None, None]
-                return flow.inverse(fused)  # (n, d, T')
-            sources = [j for j in range(len(self.info.modality_names)) if j != target]
-            decodings = [
-                flow.inverse(latents[j]) * weights[:, j, None, None] for j in sources
-            ]  # each (n, d, T')
-        return self.mergers[name](torch.cat(decodings, dim=1))
+            # The sources stacked along the batch decode in one inverse pass.
+            decoded = self.flows.inverse(latents[sources].flatten(0, 1), group=target)
+            decoded = decoded.view(len(sources), n, *decoded.shape[1:])  # (M − 1, n, d, T')
+            decoded = decoded * weights[:, sources].T[:, :, None, None]
+        return self.mergers[name](torch.cat(decoded.unbind(0), dim=1))  # (n, d, T')
 
     def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:
         """task + nll_weight · Σ_m NLL_m (bits/dim) + reconstruction_weight · MSE (SPEC §5.8).

@@ -7,9 +7,16 @@ Deep Residual Channel Attention Networks", ECCV 2018), here in 1-D over the time
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ChannelAttention", "RefinementNetwork", "ResidualChannelAttentionBlock"]
+__all__ = [
+    "ChannelAttention",
+    "RefinementNetwork",
+    "ResidualChannelAttentionBlock",
+    "TimeConv",
+]
 
 
 def _same_padding(owner: str, kernel_size: int) -> int:
@@ -17,6 +24,46 @@ def _same_padding(owner: str, kernel_size: int) -> int:
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"{owner}.kernel_size: must be odd and >= 1, got {kernel_size}")
     return kernel_size // 2
+
+
+class TimeConv(nn.Module):
+    """Convolution over time with 'same' zero padding, on channels-last sequences.
+
+    The k shifted copies of the padded input are concatenated along channels and mapped by one
+    matrix product: the function of `torch.nn.Conv1d`, at these sizes (tens of channels and time
+    steps) with a fraction of its cost for more than one sample, forward and backward. Weights
+    are initialised as `torch.nn.Conv1d` does (uniform in ±1/√(k·in_channels)).
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: odd temporal kernel k.
+
+    Shapes:
+        x: (B, T, in_channels) → (B, T, out_channels)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.padding = _same_padding("TimeConv", kernel_size)
+        self.kernel_size = kernel_size
+        fan_in = kernel_size * in_channels
+        # Column block i multiplies the input shifted by i - padding steps.
+        self.weight = nn.Parameter(torch.empty(out_channels, fan_in))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        nn.init.uniform_(self.weight, -(fan_in**-0.5), fan_in**-0.5)
+        nn.init.uniform_(self.bias, -(fan_in**-0.5), fan_in**-0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, in_channels) → (B, T, out_channels)."""
+        if self.kernel_size == 1:
+            return F.linear(x, self.weight, self.bias)
+        length = x.shape[1]
+        padded = F.pad(x, (0, 0, self.padding, self.padding))  # (B, T + k − 1, C)
+        windows = torch.cat(
+            [padded[:, i : i + length] for i in range(self.kernel_size)], dim=-1
+        )  # (B, T, k·C)
+        return F.linear(windows, self.weight, self.bias)
 
 
 class ChannelAttention(nn.Module):
@@ -27,7 +74,7 @@ class ChannelAttention(nn.Module):
     layers are used: the same function with less per-call overhead.
 
     Shapes:
-        x: (B, C, T) → (B, C, T)
+        x: (B, T, C) (channels last) → (B, T, C)
     """
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
@@ -41,12 +88,12 @@ class ChannelAttention(nn.Module):
         self.up = nn.Linear(hidden, channels)
 
     def gate(self, x: Tensor) -> Tensor:
-        """Per-channel scale in (0, 1). x: (B, C, T) → (B, C, 1)."""
-        pooled = x.mean(dim=-1)  # (B, C)
-        return self.up(self.down(pooled).relu()).sigmoid().unsqueeze(-1)  # (B, C, 1)
+        """Per-channel scale in (0, 1). x: (B, T, C) → (B, 1, C)."""
+        pooled = x.mean(dim=1)  # (B, C)
+        return self.up(self.down(pooled).relu()).sigmoid().unsqueeze(1)  # (B, 1, C)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, T) → (B, C, T)."""
+        """x: (B, T, C) → (B, T, C)."""
         return x * self.gate(x)
 
 
@@ -56,18 +103,17 @@ class ResidualChannelAttentionBlock(nn.Module):
     Convolutions use 'same' padding so the block keeps the sequence length.
 
     Shapes:
-        x: (B, C, T) → (B, C, T)
+        x: (B, T, C) (channels last) → (B, T, C)
     """
 
     def __init__(self, channels: int, kernel_size: int = 3, reduction: int = 16) -> None:
         super().__init__()
-        padding = _same_padding("ResidualChannelAttentionBlock", kernel_size)
-        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=padding)
-        self.conv2 = nn.Conv1d(channels, channels, kernel_size, padding=padding)
+        self.conv1 = TimeConv(channels, channels, kernel_size)
+        self.conv2 = TimeConv(channels, channels, kernel_size)
         self.attention = ChannelAttention(channels, reduction)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, T) → (B, C, T)."""
+        """x: (B, T, C) → (B, T, C)."""
         return x + self.attention(self.conv2(self.conv1(x).relu()))
 
 
@@ -75,7 +121,7 @@ class ResidualGroup(nn.Module):
     """A chain of residual channel-attention blocks closed by a conv, with a skip around it.
 
     Shapes:
-        x: (B, C, T) → (B, C, T)
+        x: (B, T, C) (channels last) → (B, T, C)
     """
 
     def __init__(self, channels: int, num_blocks: int, kernel_size: int, reduction: int) -> None:
@@ -86,12 +132,10 @@ class ResidualGroup(nn.Module):
                 for _ in range(num_blocks)
             )
         )
-        self.conv = nn.Conv1d(
-            channels, channels, kernel_size, padding=_same_padding("ResidualGroup", kernel_size)
-        )
+        self.conv = TimeConv(channels, channels, kernel_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, T) → (B, C, T)."""
+        """x: (B, T, C) → (B, T, C)."""
         return x + self.conv(self.blocks(x))
 
 
@@ -100,7 +144,8 @@ class RefinementNetwork(nn.Module):
 
     1×1 conv d → 2d; residual group (num_blocks blocks + conv, with the group skip); conv; long
     skip from the widened input; 1×1 conv 2d → d. As in RCAN, the long skip spans the group and
-    the conv after it, so the two skips are distinct paths.
+    the conv after it, so the two skips are distinct paths. The body runs channels last, where
+    every convolution is one matrix product.
 
     Args:
         channels: feature width d.
@@ -120,13 +165,13 @@ class RefinementNetwork(nn.Module):
             raise ValueError(f"RefinementNetwork.channels: must be >= 1, got {channels}")
         if num_blocks < 0:
             raise ValueError(f"RefinementNetwork.num_blocks: must be >= 0, got {num_blocks}")
-        padding = _same_padding("RefinementNetwork", kernel_size)
+        _same_padding("RefinementNetwork", kernel_size)
         wide = 2 * channels
         self.channels = channels
-        self.head = nn.Conv1d(channels, wide, 1)
+        self.head = TimeConv(channels, wide, 1)
         self.group = ResidualGroup(wide, num_blocks, kernel_size, reduction)
-        self.body_conv = nn.Conv1d(wide, wide, kernel_size, padding=padding)
-        self.tail = nn.Conv1d(wide, channels, 1)
+        self.body_conv = TimeConv(wide, wide, kernel_size)
+        self.tail = TimeConv(wide, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, d, T) → (B, d, T)."""
@@ -134,5 +179,6 @@ class RefinementNetwork(nn.Module):
             raise ValueError(
                 f"RefinementNetwork: expected input (B, {self.channels}, T), got {tuple(x.shape)}"
             )
-        wide = self.head(x)  # (B, 2d, T)
-        return self.tail(wide + self.body_conv(self.group(wide)))  # (B, d, T)
+        wide = self.head(x.transpose(1, 2))  # (B, T, 2d)
+        out = self.tail(wide + self.body_conv(self.group(wide)))  # (B, T, d)
+        return out.transpose(1, 2)  # (B, d, T)

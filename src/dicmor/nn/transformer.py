@@ -2,14 +2,21 @@
 Transformer (Tsai et al., "Multimodal Transformer for Unaligned Multimodal Language Sequences",
 ACL 2019).
 
-Sequences are batch-first throughout: (B, T, d). Positions are the sinusoids of Vaswani et al.
-("Attention Is All You Need", NeurIPS 2017). Attention runs through
+Sequences are batch-first: (B, T, d). Positions are the sinusoids of Vaswani et al. ("Attention
+Is All You Need", NeurIPS 2017). Attention runs through
 `torch.nn.functional.scaled_dot_product_attention` so the fused kernels are used where available.
+
+The layers are grouped: one module holds G independent encoders of the same shape (parameters
+stacked along a leading group axis) and runs them on ``(G, B, T, d)`` in one pass. At MulT's sizes
+the cost of a call, not its arithmetic, dominates, so the six crossmodal transformers of three
+modalities cost about what one did. A module given ``group=g`` runs group g alone on
+``(B, T, d)``, which serves sequences whose lengths differ between groups.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +24,99 @@ from torch import Tensor, nn
 
 from dicmor.nn.dropout import Dropout, dropout
 
-__all__ = ["TransformerEncoder", "TransformerLayer", "causal_mask", "sinusoidal_positions"]
+__all__ = [
+    "GroupedLayerNorm",
+    "GroupedLinear",
+    "TransformerEncoder",
+    "TransformerLayer",
+    "causal_mask",
+    "sinusoidal_positions",
+]
+
+
+def _select(parameter: Tensor, group: int | None) -> Tensor:
+    return parameter if group is None else parameter[group : group + 1]
+
+
+def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``y[g] = x[g] W_g + b_g`` for x: (G, *, in), weight: (G, in, out), bias: (G, out)."""
+    if x.dim() == 3:
+        return torch.baddbmm(bias[:, None], x, weight)
+    points = x.reshape(x.shape[0], -1, x.shape[-1])  # (G, N, in)
+    return torch.baddbmm(bias[:, None], points, weight).view(*x.shape[:-1], weight.shape[-1])
+
+
+class GroupedLinear(nn.Module):
+    """G independent linear maps applied in one batched product: ``y[g] = x[g] W_g + b_g``.
+
+    Each group is initialised as `torch.nn.Linear` would be (uniform in ±1/√in_features for
+    weight and bias).
+
+    Args:
+        groups: number of groups G.
+        in_features: input width.
+        out_features: output width.
+
+    Shapes:
+        x: (G, *, in_features) → (G, *, out_features); with ``group=g``, x: (1, *, in_features)
+        uses group g's parameters only.
+    """
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        if groups < 1 or in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"GroupedLinear: groups, in_features and out_features must be >= 1, "
+                f"got {groups}, {in_features}, {out_features}"
+            )
+        self.groups = groups
+        self.in_features = in_features
+        self.out_features = out_features
+        # Stored as (in, out) so that the product needs no transpose.
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(groups, out_features))
+        bound = in_features**-0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor, group: int | None = None) -> Tensor:
+        """x: (G, *, in_features) → (G, *, out_features)."""
+        return grouped_linear(x, _select(self.weight, group), _select(self.bias, group))
+
+    def extra_repr(self) -> str:
+        return (
+            f"groups={self.groups}, in_features={self.in_features}, "
+            f"out_features={self.out_features}"
+        )
+
+
+class GroupedLayerNorm(nn.Module):
+    """Layer normalisation over the last dimension with a learnt affine map per group.
+
+    Args:
+        groups: number of groups G.
+        dim: normalised width d.
+        eps: added to the variance, as in `torch.nn.LayerNorm`.
+
+    Shapes:
+        x: (G, *, d) → (G, *, d); with ``group=g``, x: (1, *, d).
+    """
+
+    def __init__(self, groups: int, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(groups, dim))
+        self.bias = nn.Parameter(torch.zeros(groups, dim))
+
+    def forward(self, x: Tensor, group: int | None = None) -> Tensor:
+        """x: (G, *, d) → (G, *, d)."""
+        weight, bias = _select(self.weight, group), _select(self.bias, group)
+        if weight.shape[0] == 1:
+            return F.layer_norm(x, (self.dim,), weight[0], bias[0], self.eps)
+        shape = (weight.shape[0],) + (1,) * (x.dim() - 2) + (self.dim,)
+        normed = F.layer_norm(x, (self.dim,), eps=self.eps)
+        return torch.addcmul(bias.view(shape), normed, weight.view(shape))
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
@@ -57,8 +156,17 @@ def causal_mask(query_len: int, key_len: int, device: torch.device | None = None
     return torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(offset)
 
 
+def _per_group(owner: str, value: float | Sequence[float], groups: int) -> tuple[float, ...]:
+    values = (float(value),) * groups if isinstance(value, (int, float)) else tuple(value)
+    if len(values) != groups:
+        raise ValueError(f"{owner}: expected one value per group ({groups}), got {len(values)}")
+    if not all(0.0 <= v < 1.0 for v in values):
+        raise ValueError(f"{owner}: must be in [0, 1), got {value}")
+    return values
+
+
 class TransformerLayer(nn.Module):
-    """One pre-norm transformer layer; cross-attention when a source sequence is given.
+    """One pre-norm transformer layer, G groups at once; cross-attention when a source is given.
 
     LayerNorm → multi-head attention (queries from x; keys/values from the source, normalised by
     the same LayerNorm, as in MulT) → dropout → residual; LayerNorm → Linear(d, 4d) → ReLU →
@@ -67,66 +175,75 @@ class TransformerLayer(nn.Module):
     Args:
         dim: model width d (divisible by num_heads).
         num_heads: attention heads h.
-        attn_dropout: dropout on the attention weights.
+        attn_dropout: dropout on the attention weights, one value or one per group.
         relu_dropout: dropout after the feed-forward ReLU.
         res_dropout: dropout on each sub-layer's output before its residual sum.
         attn_mask: hide future steps (see `causal_mask`).
+        groups: number of independent layers G.
 
     Shapes:
-        x: (B, T_q, d), x_kv: (B, T_kv, d) or None (self-attention) → (B, T_q, d)
+        x: (G, B, T_q, d), x_kv: (G, B, T_kv, d) or None (self-attention) → (G, B, T_q, d);
+        one group (``group=g``, or G = 1) also takes x: (B, T_q, d), x_kv: (B, T_kv, d).
     """
 
     def __init__(
         self,
         dim: int,
         num_heads: int,
-        attn_dropout: float = 0.0,
+        attn_dropout: float | Sequence[float] = 0.0,
         relu_dropout: float = 0.0,
         res_dropout: float = 0.0,
         attn_mask: bool = False,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         if dim < 1 or num_heads < 1 or dim % num_heads != 0:
             raise ValueError(
                 f"TransformerLayer: dim {dim} must be a positive multiple of num_heads {num_heads}"
             )
-        for name, value in (
-            ("attn_dropout", attn_dropout),
-            ("relu_dropout", relu_dropout),
-            ("res_dropout", res_dropout),
-        ):
+        if groups < 1:
+            raise ValueError(f"TransformerLayer.groups: must be >= 1, got {groups}")
+        self.attn_dropout = _per_group("TransformerLayer.attn_dropout", attn_dropout, groups)
+        for name, value in (("relu_dropout", relu_dropout), ("res_dropout", res_dropout)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"TransformerLayer.{name}: must be in [0, 1), got {value}")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.attn_dropout = attn_dropout
+        self.groups = groups
         self.attn_mask = attn_mask
-        self.attn_norm = nn.LayerNorm(dim)
-        # One packed q/k/v projection; cross-attention applies its row blocks to different inputs,
-        # so every weight is used in both modes.
-        self.in_proj = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
-        self.ff_norm = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
+        self.attn_norm = GroupedLayerNorm(groups, dim)
+        # One packed q/k/v projection; cross-attention applies its column blocks to different
+        # inputs, so every weight is used in both modes.
+        self.in_proj = GroupedLinear(groups, dim, 3 * dim)
+        self.out_proj = GroupedLinear(groups, dim, dim)
+        self.ff_norm = GroupedLayerNorm(groups, dim)
+        self.fc1 = GroupedLinear(groups, dim, 4 * dim)
+        self.fc2 = GroupedLinear(groups, 4 * dim, dim)
+        self.attn_drop = Dropout(self.attn_dropout)
         self.relu_dropout = Dropout(relu_dropout)
         self.res_dropout = Dropout(res_dropout)
 
     def _split_heads(self, x: Tensor) -> Tensor:
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, -1).transpose(1, 2)  # (B, h, T, d/h)
+        groups, batch, length, _ = x.shape
+        x = x.reshape(groups * batch, length, self.num_heads, self.head_dim)
+        return x.transpose(1, 2)  # (G·B, h, T, d/h)
 
-    def _attend(self, x: Tensor, x_kv: Tensor | None) -> Tensor:
-        batch, query_len, _ = x.shape
+    def _attend(self, x: Tensor, x_kv: Tensor | None, group: int | None) -> Tensor:
+        groups, batch, query_len, _ = x.shape
         if x_kv is None:
-            q, k, v = self.in_proj(x).chunk(3, dim=-1)  # 3 × (B, T, d)
+            q, k, v = self.in_proj(x, group).chunk(3, dim=-1)  # 3 × (G, B, T, d)
             key_len = query_len
         else:
-            weight, bias = self.in_proj.weight, self.in_proj.bias
-            q = F.linear(x, weight[: self.dim], bias[: self.dim])  # (B, T_q, d)
-            k, v = F.linear(x_kv, weight[self.dim :], bias[self.dim :]).chunk(2, dim=-1)
-            key_len = x_kv.shape[1]
+            weight = _select(self.in_proj.weight, group)
+            bias = _select(self.in_proj.bias, group)
+            (weight_q, weight_kv), (bias_q, bias_kv) = (
+                weight.split([self.dim, 2 * self.dim], dim=2),
+                bias.split([self.dim, 2 * self.dim], dim=1),
+            )
+            q = grouped_linear(x, weight_q, bias_q)  # (G, B, T_q, d)
+            k, v = grouped_linear(x_kv, weight_kv, bias_kv).chunk(2, dim=-1)  # (G, B, T_kv, d)
+            key_len = x_kv.shape[2]
         mask = None
         is_causal = False
         if self.attn_mask:
@@ -136,34 +253,54 @@ class TransformerLayer(nn.Module):
             else:
                 mask = causal_mask(query_len, key_len, device=x.device)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
-        if self.training and self.attn_dropout > 0.0:
-            # Written out so that the attention weights go through the cheaper CPU dropout;
-            # PyTorch's fused kernels take no dropout on CPU and fall back to a slower path.
-            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, h, T_q, T_kv)
+        p = self.attn_dropout if group is None else self.attn_dropout[group : group + 1]
+        if self.training and any(p):
+            # Written out so that the attention weights go through the cheaper CPU dropout (one
+            # probability per group); PyTorch's fused kernels take no dropout on CPU and fall
+            # back to a slower path.
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (G·B, h, T_q, T_kv)
             if is_causal:
                 mask = causal_mask(query_len, key_len, device=x.device)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            weights = dropout(scores.softmax(dim=-1), self.attn_dropout)
-            out = weights @ v  # (B, h, T_q, d/h)
+            weights = scores.softmax(dim=-1).view(groups, -1)  # (G, B·h·T_q·T_kv)
+            weights = self.attn_drop(weights) if group is None else dropout(weights, p)
+            weights = weights.view_as(scores)
+            out = weights @ v  # (G·B, h, T_q, d/h)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal
-            )  # (B, h, T_q, d/h)
-        out = out.transpose(1, 2).reshape(batch, query_len, self.dim)  # (B, T_q, d)
-        return self.out_proj(out)
+            )  # (G·B, h, T_q, d/h)
+        out = out.transpose(1, 2).reshape(groups, batch, query_len, self.dim)  # (G, B, T_q, d)
+        return self.out_proj(out, group)
 
-    def forward(self, x: Tensor, x_kv: Tensor | None = None) -> Tensor:
-        """x: (B, T_q, d), x_kv: (B, T_kv, d) or None → (B, T_q, d)."""
-        normed = self.attn_norm(x)
-        source = None if x_kv is None else self.attn_norm(x_kv)
-        x = x + self.res_dropout(self._attend(normed, source))
-        hidden = self.relu_dropout(self.fc1(self.ff_norm(x)).relu())
-        return x + self.res_dropout(self.fc2(hidden))
+    def forward(
+        self,
+        x: Tensor,
+        x_kv: Tensor | None = None,
+        group: int | None = None,
+        last_step_only: bool = False,
+    ) -> Tensor:
+        """x: (G, B, T_q, d), x_kv: (G, B, T_kv, d) or None → (G, B, T_q, d), or (G, B, 1, d)
+        for the last step only (whose keys and values still span the whole sequence)."""
+        if x.dim() == 3:
+            out = self.forward(x[None], None if x_kv is None else x_kv[None], group, last_step_only)
+            return out[0]
+        normed = self.attn_norm(x, group)
+        source = None if x_kv is None else self.attn_norm(x_kv, group)
+        if last_step_only:
+            # Self-attention becomes attention from the last step to the whole sequence: the
+            # same weights and the same output for that step, without the other T − 1 rows.
+            source = normed if source is None else source
+            x, normed = x[:, :, -1:], normed[:, :, -1:]
+        x = x + self.res_dropout(self._attend(normed, source, group))
+        hidden = self.relu_dropout(self.fc1(self.ff_norm(x, group), group).relu())
+        return x + self.res_dropout(self.fc2(hidden, group))
 
 
 class TransformerEncoder(nn.Module):
-    """Stack of `TransformerLayer`s with scaled embeddings, sinusoidal positions and a final norm.
+    """Stack of `TransformerLayer`s with scaled embeddings, sinusoidal positions and a final norm,
+    G independent encoders at once.
 
     Both streams are scaled by √d, given positions and embed dropout; the source stream is the
     same for every layer (MulT's crossmodal transformer attends to the source embedding itself).
@@ -172,14 +309,16 @@ class TransformerEncoder(nn.Module):
         dim: model width d.
         num_heads: attention heads.
         num_layers: number of layers.
-        attn_dropout: dropout on the attention weights.
+        attn_dropout: dropout on the attention weights, one value or one per group.
         relu_dropout: dropout after the feed-forward ReLU.
         res_dropout: dropout before each residual sum.
         embed_dropout: dropout on the position-augmented input embeddings.
         attn_mask: hide future steps in every layer.
+        groups: number of independent encoders G.
 
     Shapes:
-        x_q: (B, T_q, d), x_kv: (B, T_kv, d) or None (self-attention) → (B, T_q, d)
+        x_q: (G, B, T_q, d), x_kv: (G, B, T_kv, d) or None (self-attention) → (G, B, T_q, d);
+        one group (``group=g``, or G = 1) also takes x_q: (B, T_q, d), x_kv: (B, T_kv, d).
     """
 
     def __init__(
@@ -187,11 +326,12 @@ class TransformerEncoder(nn.Module):
         dim: int,
         num_heads: int,
         num_layers: int,
-        attn_dropout: float = 0.0,
+        attn_dropout: float | Sequence[float] = 0.0,
         relu_dropout: float = 0.1,
         res_dropout: float = 0.1,
         embed_dropout: float = 0.0,
         attn_mask: bool = False,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -201,13 +341,16 @@ class TransformerEncoder(nn.Module):
                 f"TransformerEncoder.embed_dropout: must be in [0, 1), got {embed_dropout}"
             )
         self.dim = dim
+        self.groups = groups
         self.embed_scale = math.sqrt(dim)
         self.embed_dropout = Dropout(embed_dropout)
         self.layers = nn.ModuleList(
-            TransformerLayer(dim, num_heads, attn_dropout, relu_dropout, res_dropout, attn_mask)
+            TransformerLayer(
+                dim, num_heads, attn_dropout, relu_dropout, res_dropout, attn_mask, groups
+            )
             for _ in range(num_layers)
         )
-        self.norm = nn.LayerNorm(dim)
+        self.norm = GroupedLayerNorm(groups, dim)
         # A plain cache rather than a buffer: the table is a pure function of the length, so it
         # has no place in checkpoints or in the buffers that distributed training synchronises.
         self._position_cache: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -221,16 +364,43 @@ class TransformerEncoder(nn.Module):
         return table[:length]  # (T, d)
 
     def _embed(self, x: Tensor) -> Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"TransformerEncoder: expected input (B, T, {self.dim}), got {tuple(x.shape)}"
-            )
-        return self.embed_dropout(self.embed_scale * x + self._positions(x.shape[1], x))
+        scaled = torch.add(self._positions(x.shape[2], x), x, alpha=self.embed_scale)
+        return self.embed_dropout(scaled)  # (G, B, T, d)
 
-    def forward(self, x_q: Tensor, x_kv: Tensor | None = None) -> Tensor:
-        """x_q: (B, T_q, d), x_kv: (B, T_kv, d) or None → (B, T_q, d)."""
+    def forward(
+        self,
+        x_q: Tensor,
+        x_kv: Tensor | None = None,
+        group: int | None = None,
+        last_step_only: bool = False,
+    ) -> Tensor:
+        """x_q: (G, B, T_q, d), x_kv: (G, B, T_kv, d) or None → (G, B, T_q, d); with
+        ``last_step_only``, the output of the last step alone, (G, B, 1, d), for a fraction of
+        the last layer's cost."""
+        if group is not None and not 0 <= group < self.groups:
+            raise ValueError(
+                f"TransformerEncoder: group must be in [0, {self.groups}), got {group}"
+            )
+        single = group is not None or self.groups == 1
+        squeeze = single and x_q.dim() == 3
+        expected = f"(B, T, {self.dim})" if single else f"({self.groups}, B, T, {self.dim})"
+        for x in (x_q, x_kv):
+            if x is None:
+                continue
+            if (
+                x.dim() != (3 if squeeze else 4)
+                or x.shape[-1] != self.dim
+                or (not squeeze and x.shape[0] != (1 if single else self.groups))
+            ):
+                raise ValueError(
+                    f"TransformerEncoder: expected input {expected}, got {tuple(x.shape)}"
+                )
+        if squeeze:
+            x_q = x_q[None]
+            x_kv = None if x_kv is None else x_kv[None]
         x = self._embed(x_q)
         source = None if x_kv is None else self._embed(x_kv)
-        for layer in self.layers:
-            x = layer(x, source)
-        return self.norm(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, source, group, last_step_only and i == len(self.layers) - 1)
+        out = self.norm(x, group)
+        return out[0] if squeeze else out
