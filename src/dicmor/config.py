@@ -66,6 +66,10 @@ class DiCMoRConfig:
     """Weight of the summed flow NLLs (bits per dimension) in the total loss."""
     reconstruction_weight: float = 0.1
     """Weight of the reconstruction MSE of recovered features in the total loss."""
+    nll_trains_extractor: bool = False
+    """Let the flow NLL's gradient reach the shallow extractors in stage 1, as the public code
+    does. Off by default: the extractors can then raise the likelihood just by shrinking their
+    features, until the NLL floor at 0 stops all learning of the flows and prior."""
     stage1_epochs: int | None = None
     """Maximum epochs of stage 1 (complete data); ``None`` uses ``train.max_epochs``."""
 

@@ -244,6 +244,8 @@ def test_flow_rejects_wrong_shapes() -> None:
         grouped.inverse(torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match=r"group must be in \[0, 2\)"):
         grouped(torch.randn(2, 4, 5), group=-1)
+    with pytest.raises(ValueError, match=r"Flow: mask must have shape \(2, 3\)"):
+        grouped(torch.randn(2, 3, 4, 5), mask=torch.ones(3, 2, dtype=torch.bool))
 
 
 def test_flow_rejects_bad_configuration() -> None:
@@ -309,3 +311,20 @@ def test_initialising_pass_equals_the_later_passes() -> None:
     # The initialisation standardised the input of each step's ActNorm, so the first is N(0, 1).
     first = flow.steps[0].actnorm(x.transpose(2, 3).reshape(2, 30, 4))[0]
     torch.testing.assert_close(first.mean(dim=1), torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_groups_without_data_do_not_rerun_the_initialisation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    torch.manual_seed(0)
+    flow = Flow(4, num_steps=2, hidden=8, groups=2)
+    mask = torch.tensor([[True, True, True], [False, False, False]])
+    flow(torch.randn(2, 3, 4, 5), mask=mask)
+    assert [step.actnorm.initialized.tolist() for step in flow.steps] == [[True, False]] * 2
+
+    def step_by_step(*args: object) -> None:
+        raise AssertionError("the initialising pass ran again")
+
+    for step in flow.steps:
+        monkeypatch.setattr(step, "forward", step_by_step)
+    flow(torch.randn(2, 3, 4, 5), mask=mask)  # group 1 still has nothing to learn from

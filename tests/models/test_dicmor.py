@@ -121,3 +121,53 @@ def test_options_train_and_recover(overrides: dict) -> None:
     if "decode-merge" in overrides.values():
         assert model.mergers is not None
         assert all(p.grad is not None for p in model.mergers.parameters())
+
+
+def test_validation_on_complete_data_still_counts_the_flow_nll() -> None:
+    model, data = build()
+    batch = batch_with(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool))
+    model.train()
+    model.loss(model(batch), batch)  # data-dependent initialisations
+    model.eval()
+    with torch.no_grad():
+        output = model(batch)
+        assert output["latents"] == {}  # inference skips the flows when nothing is missing
+        assert model.loss(output, batch)["nll"] > 0
+
+
+def test_prior_starts_at_the_class_means_of_the_first_latents() -> None:
+    model, data = build()
+    model.train()
+    batch = batch_with(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool))
+    output = model(batch)
+    assert not model.prior_initialized
+    model.loss(output, batch)
+    assert model.prior_initialized
+    classes = torch.round(torch.clamp(batch["label"], -3, 3)).long() + 3
+    points = torch.cat([z for _, z, _ in output["latents"].values()])  # (3B, d, T')
+    labels = classes.repeat(3)
+    for c in labels.unique():
+        expected = points[labels == c].mean(dim=(0, 2))
+        assert torch.allclose(model.prior.mean[c], expected, atol=1e-5)
+    unseen = sorted(set(range(7)) - set(labels.tolist()))
+    assert all(not model.prior.mean[c].any() for c in unseen)
+
+
+def test_recovered_values_stay_within_the_range_of_real_features() -> None:
+    model, data = build()
+    model.train()
+    mask = np.ones((24, 3), dtype=bool)
+    batch = batch_with(data, mask)
+    model(batch)
+    bound = model.feature_bound.clone()
+    assert (bound > 0).all()
+    with torch.no_grad():  # a wildly expanding inverse flow
+        for step in model.flows.steps:
+            for p in step.parameters():
+                p.mul_(50.0)
+    mask[:4, 0] = False
+    model.eval()
+    with torch.no_grad():
+        output = model(batch_with(data, mask))
+    assert torch.isfinite(output["prediction"]).all()
+    assert torch.equal(model.feature_bound, bound)  # evaluation does not move the bound

@@ -125,7 +125,14 @@ def test_dicmor_freezes_the_encoder_in_stage_two(data: MultimodalDataset, bert_d
     model.loss(model(batch), batch)["total"].backward()
     assert all(p.grad is None for p in model.extractors.text_encoder.parameters())
     assert any(p.grad is not None for p in model.refiners.parameters())
+    # Frozen, the encoder is a fixed feature function: no dropout, and reconstruction targets
+    # that do not change from call to call.
+    assert not model.extractors.text_encoder.training and model.fusion.training
+    index = torch.arange(4)
+    first = model.target_features("text", batch, index)
+    assert torch.equal(first, model.target_features("text", batch, index))
     model.begin_stage(complete)
+    assert model.extractors.text_encoder.training
     assert all(p.requires_grad for p in encoder_parameters(model).values())
 
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dicmor.nn import TransformerEncoder, TransformerLayer, causal_mask, sinusoidal_positions
-from dicmor.nn.transformer import GroupedLayerNorm, GroupedLinear
+from dicmor.nn.transformer import GroupedLayerNorm, GroupedLinear, grouped_linear
 
 
 def test_sinusoidal_positions_match_formula() -> None:
@@ -235,3 +235,19 @@ def test_last_step_only_equals_the_last_step_of_the_full_output(
     last = encoder(x, src, last_step_only=True)
     assert last.shape == (2, 3, 1, 16)
     torch.testing.assert_close(last, full[:, :, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_layer_norm_folds_into_the_following_linear_map() -> None:
+    torch.manual_seed(0)
+    norm, linear = GroupedLayerNorm(3, 6), GroupedLinear(3, 6, 5)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = 2.0 * torch.randn(3, 4, 7, 6) + 1.0
+    weight, bias = norm.fold(linear.weight, linear.bias)
+    expected = linear(norm(x))
+    torch.testing.assert_close(grouped_linear(norm.standardize(x), weight, bias), expected)
+    weight, bias = norm.fold(linear.weight[1:2], linear.bias[1:2], group=1)
+    torch.testing.assert_close(
+        grouped_linear(norm.standardize(x[1:2]), weight, bias), expected[1:2]
+    )

@@ -183,21 +183,23 @@ class Flow(nn.Module):
             [select(getattr(getattr(step, layer), name), group) for step in self.steps]
         )
 
-    def _linear_parts(self, group: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _linear_parts(self, group: int | None) -> tuple[Tensor, ...]:
         """The ActNorm and 1x1-convolution parameters of every step, stacked (K, G', *):
-        ``(W, actnorm_bias, actnorm_log_scale, log_abs_s)``."""
+        ``(P, L, U, actnorm_bias, actnorm_log_scale, log_abs_s)`` with ``W = P L U``."""
+        log_abs_s = self._stacked("invconv", "log_abs_s", group)
         lower, upper = lu_factors(
             self._stacked("invconv", "lower", group),
             self._stacked("invconv", "upper", group),
             self._stacked("invconv", "sign_s", group),
-            self._stacked("invconv", "log_abs_s", group),
+            log_abs_s,
         )
-        weight = self._stacked("invconv", "permutation", group) @ lower @ upper  # (K, G', C, C)
         return (
-            weight,
+            self._stacked("invconv", "permutation", group),
+            lower,
+            upper,
             self._stacked("actnorm", "bias", group),
             self._stacked("actnorm", "log_scale", group),
-            self._stacked("invconv", "log_abs_s", group),
+            log_abs_s,
         )
 
     def forward(
@@ -212,6 +214,11 @@ class Flow(nn.Module):
         points = self._points(x, group)
         batch, length = x.shape[-3], x.shape[-1]
         if mask is not None:
+            if mask.shape != x.shape[:-2]:
+                raise ValueError(
+                    f"Flow: mask must have shape {tuple(x.shape[:-2])} (one flag per sample), "
+                    f"got {tuple(mask.shape)}"
+                )
             mask = mask.reshape(points.shape[0], batch)
         if self.training and self._awaiting_initialization(group, mask):
             point_mask = None
@@ -228,8 +235,8 @@ class Flow(nn.Module):
             # ActNorm and the 1x1 convolution of a step compose to one affine map per point,
             # z = W diag(e^s) x + W diag(e^s) b: computed for all steps at once, applied in one
             # product per step.
-            weight, bias, log_scale, log_abs_s = self._linear_parts(group)
-            weight = weight * log_scale.exp()[:, :, None, :]  # W diag(e^s): (K, G', C, C)
+            permutation, lower, upper, bias, log_scale, log_abs_s = self._linear_parts(group)
+            weight = permutation @ lower @ upper * log_scale.exp()[:, :, None, :]  # W diag(e^s)
             shift = (weight @ bias[..., None]).squeeze(-1)  # (K, G', C)
             maps = zip(weight.transpose(2, 3).unbind(0), shift.unbind(0), strict=True)
             for step, (weight_k, shift_k) in zip(self.steps, maps, strict=True):
@@ -253,10 +260,15 @@ class Flow(nn.Module):
             for step in reversed(self.steps):
                 points = step.coupling.inverse(points, group)
             return self._sequences(points, z)
-        # Each step's affine part inverts to x = diag(e^-s) W^-1 z - b, with W^-1 of all steps
-        # from one batched inversion.
-        weight, bias, log_scale, _ = self._linear_parts(group)
-        inverse = torch.linalg.inv(weight)  # (K, G', C, C)
+        # Each step's affine part inverts to x = diag(e^-s) W^-1 z - b, with W^-1 = U^-1 L^-1 P^T
+        # for all steps at once from two batched triangular solves.
+        permutation, lower, upper, bias, log_scale, _ = self._linear_parts(group)
+        identity = torch.eye(self.channels, dtype=lower.dtype, device=lower.device)
+        inverse = torch.linalg.solve_triangular(
+            lower, identity.expand_as(lower), upper=False, unitriangular=True
+        )
+        inverse = torch.linalg.solve_triangular(upper, inverse, upper=True)
+        inverse = inverse @ permutation.transpose(2, 3)  # W^-1: (K, G', C, C)
         inverse = inverse.transpose(2, 3) * (-log_scale).exp()[:, :, None, :]  # row form
         maps = zip(inverse.unbind(0), (-bias).unbind(0), strict=True)
         for step, (inverse_k, shift_k) in reversed(list(zip(self.steps, maps, strict=True))):

@@ -61,6 +61,13 @@ class DiCMoR(MultimodalModel):
             else None
         )
         self.fusion = MulT(names, config.mult, info.output_dim)
+        # Largest magnitude of each modality's real features seen in training: decoding a latent
+        # far from the training data can expand without bound through the inverse couplings,
+        # so a recovered value is kept within the range the real features take.
+        self.register_buffer("feature_bound", torch.zeros(len(names)))
+        # Set once the prior's class means start at the class means of the first latents.
+        self.register_buffer("prior_initialized", torch.tensor(False))
+        self._extractors_frozen = False
 
     def stages(self) -> list[Stage]:
         """Stage 1 on complete data (cacheable), stage 2 under the missing protocol."""
@@ -72,8 +79,18 @@ class DiCMoR(MultimodalModel):
     def begin_stage(self, stage: Stage) -> None:
         """Stage 2 freezes the shallow extractors (and the text encoder)."""
         frozen = stage.name == "missing"
+        self._extractors_frozen = frozen
         for p in self.extractors.parameters():
             p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> DiCMoR:
+        """As ``nn.Module.train``, but a frozen text encoder stays in eval mode (no dropout):
+        frozen, it is a fixed feature function."""
+        super().train(mode)
+        if self._extractors_frozen and self.extractors.text_encoder is not None:
+            self.extractors.text_encoder.eval()
+        return self
 
     def forward(self, batch: dict) -> dict[str, Any]:
         """Recover what is missing, fuse, predict.
@@ -88,6 +105,8 @@ class DiCMoR(MultimodalModel):
         missing_any = not bool(available.all())
         latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         recovered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.training:
+            self._track_bounds(features, available)
         if self.training or missing_any:
             latents = self._encode(features, available)
             if missing_any:
@@ -102,12 +121,22 @@ class DiCMoR(MultimodalModel):
             "recovered": recovered,
         }
 
+    @torch.no_grad()
+    def _track_bounds(self, features: dict[str, torch.Tensor], available: torch.Tensor) -> None:
+        seen = torch.stack([features[m].abs().amax(dim=(1, 2)) for m in self.info.modality_names])
+        seen = (seen * available.T.to(seen.dtype)).amax(dim=1)  # (M,)
+        self.feature_bound.copy_(torch.maximum(self.feature_bound, seen))
+
     def _encode(
         self, features: dict[str, torch.Tensor], available: torch.Tensor
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Latents ``{m: (index (n,), z (n, d, T'), logdet (n,))}`` of the available samples of
         each modality that has any."""
         names = self.info.modality_names
+        if not self.config.dicmor.nll_trains_extractor:
+            # The likelihood of learnt features is degenerate: shrinking them raises it without
+            # bound, until the floor at 0 bits/dim stops every gradient to the flows and prior.
+            features = {m: x.detach() for m, x in features.items()}
         present = [
             j for j, any_available in enumerate(available.any(dim=0).tolist()) if any_available
         ]
@@ -170,6 +199,8 @@ class DiCMoR(MultimodalModel):
                 # No gradient reaches the flows through the recovery (SPEC §5.5).
                 with torch.no_grad():
                     decoded = self.flows.inverse(fused.index_select(0, index), group=j)
+            bound = self.feature_bound[j]
+            decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
             refined = self.refiners[m](decoded)  # (n, d, T')
             filled[m] = features[m].index_copy(0, index, refined)
             recovered[m] = (index, refined)
@@ -205,8 +236,15 @@ class DiCMoR(MultimodalModel):
         task = self.task_loss(output["prediction"], batch["label"])
         classes = prior_classes(batch["label"], self.info.task)
         zero = task.new_zeros(())
+        latents = output["latents"]
+        if not latents:
+            # At evaluation on complete data the forward pass skips the flows; the validation
+            # loss that selects checkpoints still needs their NLL.
+            latents = self._encode(output["features"], batch["available"])
+        if self.training and not bool(self.prior_initialized):
+            self._initialize_prior(latents, classes)
         nll = zero
-        for index, z, logdet in output["latents"].values():
+        for index, z, logdet in latents.values():
             log_prob = self.prior.log_prob(z, classes.index_select(0, index))
             nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
         reconstruction = zero
@@ -226,11 +264,40 @@ class DiCMoR(MultimodalModel):
         return {"total": total, "task": task, "nll": nll, "reconstruction": reconstruction}
 
     @torch.no_grad()
+    def _initialize_prior(
+        self,
+        latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        classes: torch.Tensor,
+    ) -> None:
+        """Data-dependent initialisation of the prior, as ActNorm's: each class seen in the first
+        training batch starts at the mean of its latents over modalities and time, so classes
+        start apart instead of all at N(0, I) (Adam moves a mean by about the learning rate per
+        step, which at 1e-4 would take thousands of steps). Unseen classes keep N(0, I)."""
+        points = torch.cat([z.transpose(1, 2).flatten(0, 1) for _, z, _ in latents.values()])
+        labels = torch.cat(
+            [
+                classes.index_select(0, i).repeat_interleave(z.shape[2])
+                for i, z, _ in latents.values()
+            ]
+        )  # (P,) one label per latent time step
+        k, channels = self.prior.mean.shape
+        count = points.new_zeros(k).index_add_(0, labels, points.new_ones(labels.shape))
+        total = points.new_zeros(k, channels).index_add_(0, labels, points)
+        seen = count > 0
+        self.prior.mean[seen] = total[seen] / count[seen, None]
+        self.prior_initialized.fill_(True)
+
+    @torch.no_grad()
     def target_features(self, modality: str, batch: dict, index: torch.Tensor) -> torch.Tensor:
         """Shallow features of the real (unmasked) values of ``modality`` for samples ``index``,
         without input dropout and without gradient: the reconstruction target (n, d, T')."""
         extractor = self.extractors.convs[modality]
         raw = batch["targets"][modality].index_select(0, index)  # (n, T, D)
-        if modality == "text" and self.extractors.text_encoder is not None:
-            raw = self.extractors.text_encoder(batch["target_text_bert"].index_select(0, index))
+        encoder = self.extractors.text_encoder
+        if modality == "text" and encoder is not None:
+            # A target must not depend on dropout: the encoder runs in eval mode here.
+            mode = encoder.training
+            encoder.eval()
+            raw = encoder(batch["target_text_bert"].index_select(0, index))
+            encoder.train(mode)
         return extractor.conv(raw.transpose(1, 2))

@@ -30,6 +30,7 @@ __all__ = [
     "TransformerEncoder",
     "TransformerLayer",
     "causal_mask",
+    "grouped_linear",
     "sinusoidal_positions",
 ]
 
@@ -109,6 +110,25 @@ class GroupedLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(groups, dim))
         self.bias = nn.Parameter(torch.zeros(groups, dim))
 
+    def standardize(self, x: Tensor) -> Tensor:
+        """The normalisation without the affine map: x: (*, d) → (*, d)."""
+        return F.layer_norm(x, (self.dim,), eps=self.eps)
+
+    def fold(self, weight: Tensor, bias: Tensor, group: int | None = None) -> tuple[Tensor, Tensor]:
+        """Fold the affine map into the grouped linear map that follows the norm, so that
+        ``linear(norm(x)) = standardize(x) W' + b'`` with ``W' = diag(γ) W``, ``b' = β W + b``.
+
+        The fold costs two products of parameter-sized tensors where the affine map costs a pass
+        (and its backward) over every activation.
+
+        Args:
+            weight: the linear map's weights (G', d, out) for the selected groups.
+            bias: its biases (G', out).
+        """
+        gamma, beta = _select(self.weight, group), _select(self.bias, group)  # (G', d)
+        folded_bias = torch.baddbmm(bias[:, None], beta[:, None], weight)  # (G', 1, out)
+        return gamma[:, :, None] * weight, folded_bias[:, 0]
+
     def forward(self, x: Tensor, group: int | None = None) -> Tensor:
         """x: (G, *, d) → (G, *, d)."""
         weight, bias = _select(self.weight, group), _select(self.bias, group)
@@ -170,7 +190,9 @@ class TransformerLayer(nn.Module):
 
     LayerNorm → multi-head attention (queries from x; keys/values from the source, normalised by
     the same LayerNorm, as in MulT) → dropout → residual; LayerNorm → Linear(d, 4d) → ReLU →
-    dropout → Linear(4d, d) → dropout → residual.
+    dropout → Linear(4d, d) → dropout → residual. Each LayerNorm's affine map is folded into the
+    projection that follows it (`GroupedLayerNorm.fold`): the same function, one pass fewer over
+    the activations.
 
     Args:
         dim: model width d (divisible by num_heads).
@@ -229,14 +251,16 @@ class TransformerLayer(nn.Module):
         x = x.reshape(groups * batch, length, self.num_heads, self.head_dim)
         return x.transpose(1, 2)  # (G·B, h, T, d/h)
 
-    def _attend(self, x: Tensor, x_kv: Tensor | None, group: int | None) -> Tensor:
+    def _attend(
+        self, x: Tensor, x_kv: Tensor | None, weight: Tensor, bias: Tensor, group: int | None
+    ) -> Tensor:
+        """Attention of the standardised x to the standardised x_kv (or itself), with the packed
+        q/k/v projection ``weight: (G', d, 3d)``, ``bias: (G', 3d)`` (the norm folded in)."""
         groups, batch, query_len, _ = x.shape
         if x_kv is None:
-            q, k, v = self.in_proj(x, group).chunk(3, dim=-1)  # 3 × (G, B, T, d)
+            q, k, v = grouped_linear(x, weight, bias).chunk(3, dim=-1)  # 3 × (G, B, T, d)
             key_len = query_len
         else:
-            weight = _select(self.in_proj.weight, group)
-            bias = _select(self.in_proj.bias, group)
             (weight_q, weight_kv), (bias_q, bias_kv) = (
                 weight.split([self.dim, 2 * self.dim], dim=2),
                 bias.split([self.dim, 2 * self.dim], dim=1),
@@ -286,16 +310,20 @@ class TransformerLayer(nn.Module):
         if x.dim() == 3:
             out = self.forward(x[None], None if x_kv is None else x_kv[None], group, last_step_only)
             return out[0]
-        normed = self.attn_norm(x, group)
-        source = None if x_kv is None else self.attn_norm(x_kv, group)
+        weight, bias = _select(self.in_proj.weight, group), _select(self.in_proj.bias, group)
+        weight, bias = self.attn_norm.fold(weight, bias, group)
+        normed = self.attn_norm.standardize(x)
+        source = None if x_kv is None else self.attn_norm.standardize(x_kv)
         if last_step_only:
             # Self-attention becomes attention from the last step to the whole sequence: the
             # same weights and the same output for that step, without the other T − 1 rows.
             source = normed if source is None else source
             x, normed = x[:, :, -1:], normed[:, :, -1:]
-        x = x + self.res_dropout(self._attend(normed, source, group))
-        hidden = self.relu_dropout(self.fc1(self.ff_norm(x, group), group).relu())
-        return x + self.res_dropout(self.fc2(hidden, group))
+        x = x + self.res_dropout(self._attend(normed, source, weight, bias, group))
+        weight, bias = _select(self.fc1.weight, group), _select(self.fc1.bias, group)
+        weight, bias = self.ff_norm.fold(weight, bias, group)
+        hidden = grouped_linear(self.ff_norm.standardize(x), weight, bias).relu()
+        return x + self.res_dropout(self.fc2(self.relu_dropout(hidden), group))
 
 
 class TransformerEncoder(nn.Module):
