@@ -44,7 +44,7 @@ def plot_summary(summary: dict, out: str | Path, metric: str | None = None) -> P
             ax.errorbar(
                 [r["rate"] for r in mine],
                 [scale * r["metrics"][metric] for r in mine],
-                yerr=[scale * r["std"][metric] for r in mine],
+                yerr=[scale * r.get("std", {}).get(metric, 0.0) for r in mine],
                 marker="o",
                 capsize=3,
                 label=method,
@@ -61,7 +61,7 @@ def plot_summary(summary: dict, out: str | Path, metric: str | None = None) -> P
                 xs,
                 [scale * values[p]["metrics"][metric] for p in present],
                 width,
-                yerr=[scale * values[p]["std"][metric] for p in present],
+                yerr=[scale * values[p].get("std", {}).get(metric, 0.0) for p in present],
                 capsize=3,
                 label=method,
             )

@@ -46,8 +46,8 @@ def metrics_table(rows: Sequence[dict], task: str, leading: Sequence[str]) -> st
 
 def aggregate(runs: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     """Group runs (dicts with ``keys`` and ``metrics``) by ``keys``; mean and sample standard
-    deviation (ddof = 1; 0 for a single run) of every metric over each group, in first-seen
-    order, with the number of runs as ``n``."""
+    deviation (ddof = 1; no ``std`` for a group of one run) of every metric over each group, in
+    first-seen order, with the number of runs as ``n``."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault(tuple(run[k] for k in keys), []).append(run["metrics"])
@@ -55,12 +55,12 @@ def aggregate(runs: Sequence[dict], keys: Sequence[str]) -> list[dict]:
     for group, members in groups.items():
         names = members[0].keys()
         values = {m: np.array([member[m] for member in members], dtype=float) for m in names}
-        rows.append(
-            {
-                **dict(zip(keys, group, strict=True)),
-                "n": len(members),
-                "metrics": {m: float(v.mean()) for m, v in values.items()},
-                "std": {m: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
-            }
-        )
+        row = {
+            **dict(zip(keys, group, strict=True)),
+            "n": len(members),
+            "metrics": {m: float(v.mean()) for m, v in values.items()},
+        }
+        if len(members) > 1:
+            row["std"] = {m: float(v.std(ddof=1)) for m, v in values.items()}
+        rows.append(row)
     return rows

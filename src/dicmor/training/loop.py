@@ -79,7 +79,12 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
         seen = 0
-        bar = tqdm(train, desc=f"{desc} {epoch}/{epochs}", leave=False, disable=not config.progress)
+        bar = tqdm(
+            train,
+            desc=f"{desc} {epoch}/{epochs}",
+            leave=False,
+            disable=None if config.progress else True,
+        )
         for step, batch in enumerate(bar, start=1):
             losses = model.loss(model(batch), batch)
             total = losses["total"]
