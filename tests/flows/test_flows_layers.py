@@ -244,6 +244,10 @@ def test_flow_rejects_wrong_shapes() -> None:
         grouped.inverse(torch.randn(2, 4, 5))
     with pytest.raises(ValueError, match=r"group must be in \[0, 2\)"):
         grouped(torch.randn(2, 4, 5), group=-1)
+    with pytest.raises(ValueError, match=r"Flow: expected a tensor of shape \(2, B, 4, T\)"):
+        grouped(torch.randn(1, 3, 4, 5), group=[1, 0])
+    with pytest.raises(ValueError, match=r"group must be in \[0, 2\)"):
+        grouped(torch.randn(2, 3, 4, 5), group=[0, 2])
     with pytest.raises(ValueError, match=r"Flow: mask must have shape \(2, 3\)"):
         grouped(torch.randn(2, 3, 4, 5), mask=torch.ones(3, 2, dtype=torch.bool))
 

@@ -6,7 +6,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dicmor.nn import TransformerEncoder, TransformerLayer, causal_mask, sinusoidal_positions
-from dicmor.nn.transformer import GroupedLayerNorm, GroupedLinear, grouped_linear
+from dicmor.nn.transformer import (
+    GroupedLayerNorm,
+    GroupedLinear,
+    grouped_linear,
+    select_groups,
+)
 
 
 def test_sinusoidal_positions_match_formula() -> None:
@@ -251,3 +256,15 @@ def test_layer_norm_folds_into_the_following_linear_map() -> None:
     torch.testing.assert_close(
         grouped_linear(norm.standardize(x[1:2]), weight, bias), expected[1:2]
     )
+
+
+def test_select_groups() -> None:
+    parameter = torch.arange(12.0).view(4, 3)
+    assert select_groups(parameter, None) is parameter
+    torch.testing.assert_close(select_groups(parameter, 2), parameter[2:3])
+    consecutive = select_groups(parameter, [1, 2])
+    torch.testing.assert_close(consecutive, parameter[1:3])
+    assert consecutive.data_ptr() == parameter[1].data_ptr()  # a view, no copy
+    torch.testing.assert_close(select_groups(parameter, [3, 0]), parameter[[3, 0]])
+    with pytest.raises(ValueError, match="names no group"):
+        select_groups(parameter, [])

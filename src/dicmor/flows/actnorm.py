@@ -6,7 +6,8 @@ Invertible 1x1 Convolutions", NeurIPS 2018), used per modality in DiCMoR (Wang, 
 
 Every flow layer here acts on points ``x: (G, N, C)``: N points of C channels in each of G
 independent groups (one group per modality), each group with its own parameters. A layer given
-``group=g`` takes ``x: (1, N, C)`` and applies group g's parameters only.
+``group=g`` takes ``x: (1, N, C)`` and applies group g's parameters only; given a list of groups,
+``x: (len(group), N, C)`` and those groups' parameters.
 """
 
 from __future__ import annotations
@@ -14,22 +15,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dicmor.nn.transformer import GroupSelection, select_groups
 
-def check_points(owner: str, x: Tensor, groups: int, channels: int, group: int | None) -> None:
-    """Raise a one-line error unless ``x`` is ``(G, N, C)``, or ``(1, N, C)`` when a group is
-    selected, and ``group`` names an existing group."""
-    expected = 1 if group is not None else groups
-    if x.dim() != 3 or x.shape[0] != expected or x.shape[2] != channels:
+__all__ = ["ActNorm", "check_points", "selected_groups"]
+
+
+def selected_groups(groups: int, group: GroupSelection) -> list[int]:
+    """The indices that ``group`` selects among ``groups`` groups."""
+    if group is None:
+        return list(range(groups))
+    return [group] if isinstance(group, int) else list(group)
+
+
+def check_points(owner: str, x: Tensor, groups: int, channels: int, group: GroupSelection) -> None:
+    """Raise a one-line error unless ``x`` is ``(G', N, C)`` for the G' selected groups and the
+    selection names existing groups."""
+    selected = selected_groups(groups, group)
+    if x.dim() != 3 or x.shape[0] != len(selected) or x.shape[2] != channels:
         raise ValueError(
-            f"{owner}: expected a tensor of shape ({expected}, N, {channels}), got {tuple(x.shape)}"
+            f"{owner}: expected a tensor of shape ({len(selected)}, N, {channels}), "
+            f"got {tuple(x.shape)}"
         )
-    if group is not None and not 0 <= group < groups:
+    if not all(0 <= g < groups for g in selected):
         raise ValueError(f"{owner}: group must be in [0, {groups}), got {group}")
-
-
-def select(parameter: Tensor, group: int | None) -> Tensor:
-    """All groups' ``parameter: (G, *)``, or group g's as ``(1, *)``."""
-    return parameter if group is None else parameter[group : group + 1]
 
 
 class ActNorm(nn.Module):
@@ -87,24 +95,24 @@ class ActNorm(nn.Module):
             self._initialized[g] = True
 
     def forward(
-        self, x: Tensor, group: int | None = None, mask: Tensor | None = None
+        self, x: Tensor, group: GroupSelection = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Map ``x: (G, N, C)`` to ``(z: (G, N, C), logdet: (G, N))``; ``mask: (G, N)`` marks
         the points the data-dependent initialisation may use (default: all)."""
         check_points("ActNorm", x, self.groups, self.channels, group)
-        groups = list(range(self.groups)) if group is None else [group]
+        groups = selected_groups(self.groups, group)
         if self.training and not all(self._initialized[g] for g in groups):
             self._initialize(x, groups, mask)
-        log_scale = select(self.log_scale, group)  # (G', C)
-        z = (x + select(self.bias, group)[:, None]) * log_scale.exp()[:, None]
+        log_scale = select_groups(self.log_scale, group)  # (G', C)
+        z = (x + select_groups(self.bias, group)[:, None]) * log_scale.exp()[:, None]
         logdet = log_scale.sum(dim=1, keepdim=True).expand(x.shape[0], x.shape[1])
         return z, logdet
 
-    def inverse(self, z: Tensor, group: int | None = None) -> Tensor:
+    def inverse(self, z: Tensor, group: GroupSelection = None) -> Tensor:
         """Map ``z: (G, N, C)`` back to ``x: (G, N, C)``."""
         check_points("ActNorm", z, self.groups, self.channels, group)
-        log_scale = select(self.log_scale, group)
-        return z * (-log_scale).exp()[:, None] - select(self.bias, group)[:, None]
+        log_scale = select_groups(self.log_scale, group)
+        return z * (-log_scale).exp()[:, None] - select_groups(self.bias, group)[:, None]
 
 
 def _sync_initialized_flags(module: nn.Module, incompatible_keys: object) -> None:

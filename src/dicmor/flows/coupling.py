@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dicmor.flows.actnorm import check_points
-from dicmor.nn.transformer import GroupedLinear
+from dicmor.nn.transformer import GroupedLinear, GroupSelection
 
 
 class AffineCoupling(nn.Module):
@@ -57,13 +57,13 @@ class AffineCoupling(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def _conditioner(self, a: Tensor, group: int | None) -> tuple[Tensor, Tensor]:
+    def _conditioner(self, a: Tensor, group: GroupSelection) -> tuple[Tensor, Tensor]:
         first, second, last = self.net
         hidden = second(first(a, group).relu(), group).relu()
         s_raw, t = last(hidden, group).chunk(2, dim=-1)  # (G, N, C - C//2) each
         return s_raw + 2.0, t
 
-    def forward(self, x: Tensor, group: int | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, group: GroupSelection = None) -> tuple[Tensor, Tensor]:
         """Map ``x: (G, N, C)`` to ``(z: (G, N, C), logdet: (G, N))``."""
         check_points("AffineCoupling", x, self.groups, self.channels, group)
         # One split rather than two slices: its backward is one concatenation, not two
@@ -74,7 +74,7 @@ class AffineCoupling(nn.Module):
         b = (b + t) * log_scale.exp()
         return torch.cat([a, b], dim=-1), log_scale.sum(dim=-1)
 
-    def inverse(self, z: Tensor, group: int | None = None) -> Tensor:
+    def inverse(self, z: Tensor, group: GroupSelection = None) -> Tensor:
         """Map ``z: (G, N, C)`` back to ``x: (G, N, C)``."""
         check_points("AffineCoupling", z, self.groups, self.channels, group)
         a, b = z.split([self.split, self.channels - self.split], dim=-1)

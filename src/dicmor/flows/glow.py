@@ -15,9 +15,10 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from dicmor.flows.actnorm import ActNorm, select
+from dicmor.flows.actnorm import ActNorm, selected_groups
 from dicmor.flows.coupling import AffineCoupling
 from dicmor.flows.invconv import InvertibleConv1x1, lu_factors
+from dicmor.nn.transformer import GroupSelection, select_groups
 
 StepType = Literal["glow", "coupling-only"]
 
@@ -41,7 +42,7 @@ class GlowStep(nn.Module):
         self.coupling = AffineCoupling(channels, hidden, groups)
 
     def forward(
-        self, x: Tensor, group: int | None = None, mask: Tensor | None = None
+        self, x: Tensor, group: GroupSelection = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Map ``x: (G, N, C)`` to ``(z: (G, N, C), logdet: (G, N))``; ``mask`` as in
         `ActNorm`."""
@@ -50,7 +51,7 @@ class GlowStep(nn.Module):
         z, logdet_coupling = self.coupling(x, group)
         return z, logdet_norm + logdet_conv + logdet_coupling
 
-    def inverse(self, z: Tensor, group: int | None = None) -> Tensor:
+    def inverse(self, z: Tensor, group: GroupSelection = None) -> Tensor:
         """Map ``z: (G, N, C)`` back to ``x: (G, N, C)``."""
         x = self.invconv.inverse(self.coupling.inverse(z, group), group)
         return self.actnorm.inverse(x, group)
@@ -77,13 +78,13 @@ class CouplingOnlyStep(nn.Module):
         self.coupling = AffineCoupling(channels, hidden, groups)
 
     def forward(
-        self, x: Tensor, group: int | None = None, mask: Tensor | None = None
+        self, x: Tensor, group: GroupSelection = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Map ``x: (G, N, C)`` to ``(z: (G, N, C), logdet: (G, N))``; ``mask`` is unused (no
         data-dependent initialisation)."""
         return self.coupling(x, group)
 
-    def inverse(self, z: Tensor, group: int | None = None) -> Tensor:
+    def inverse(self, z: Tensor, group: GroupSelection = None) -> Tensor:
         """Map ``z: (G, N, C)`` back to ``x: (G, N, C)``."""
         return self.coupling.inverse(z, group)
 
@@ -99,8 +100,9 @@ class Flow(nn.Module):
 
     With ``groups = G`` the module holds G independent flows (one per modality) and maps
     ``x: (G, B, C, T)`` to ``z: (G, B, C, T)`` in one pass. A 3-D input is one group: the only
-    one of a single-group flow, or the one named by ``group``. Each time step is a point of the
-    step layers, so the sequence is flattened to ``(G, B·T, C)`` once, not at every step.
+    one of a single-group flow, or the one named by ``group``; a list of groups takes
+    ``(len(group), B, C, T)``. Each time step is a point of the step layers, so the sequence is
+    flattened to ``(G, B·T, C)`` once, not at every step.
 
     Args:
         channels: number of channels C (at least 2).
@@ -138,17 +140,16 @@ class Flow(nn.Module):
         step_cls = _STEPS[step_type]
         self.steps = nn.ModuleList(step_cls(channels, hidden, groups) for _ in range(num_steps))
 
-    def _points(self, x: Tensor, group: int | None) -> Tensor:
-        """(G, B, C, T) or (B, C, T) → points (G', B·T, C)."""
-        single = group is not None or self.groups == 1
+    def _points(self, x: Tensor, group: GroupSelection) -> Tensor:
+        """(G', B, C, T) or one group's (B, C, T) → points (G', B·T, C)."""
+        single = isinstance(group, int) or (group is None and self.groups == 1)
         if x.dim() == 3 and single:
             x = x[None]
-        if (
-            x.dim() != 4
-            or x.shape[2] != self.channels
-            or x.shape[0] != (1 if single else self.groups)
-        ):
-            groups = "" if single else f"{self.groups}, "
+        if not all(0 <= g < self.groups for g in selected_groups(self.groups, group)):
+            raise ValueError(f"Flow: group must be in [0, {self.groups}), got {group}")
+        selected = len(selected_groups(self.groups, group))
+        if x.dim() != 4 or x.shape[2] != self.channels or x.shape[0] != selected:
+            groups = "" if single else f"{selected}, "
             raise ValueError(
                 f"Flow: expected a tensor of shape ({groups}B, {self.channels}, T), "
                 f"got {tuple(x.shape)}"
@@ -162,12 +163,12 @@ class Flow(nn.Module):
         x = points.view(points.shape[0], batch, length, -1).transpose(2, 3)  # (G', B, C, T)
         return x if like.dim() == 4 else x[0]
 
-    def _awaiting_initialization(self, group: int | None, mask: Tensor | None) -> bool:
+    def _awaiting_initialization(self, group: GroupSelection, mask: Tensor | None) -> bool:
         """Whether some selected group has an uninitialised ActNorm and data to initialise it
         (``mask: (G', B)``)."""
         if self.step_type != "glow":
             return False
-        groups = range(self.groups) if group is None else (group,)
+        groups = selected_groups(self.groups, group)
         pending = [
             row
             for row, g in enumerate(groups)
@@ -177,13 +178,13 @@ class Flow(nn.Module):
             return bool(pending)
         return bool(mask[pending].any())
 
-    def _stacked(self, layer: str, name: str, group: int | None) -> Tensor:
+    def _stacked(self, layer: str, name: str, group: GroupSelection) -> Tensor:
         """One parameter or buffer of every step's ``layer``, stacked: (K, G', *)."""
         return torch.stack(
-            [select(getattr(getattr(step, layer), name), group) for step in self.steps]
+            [select_groups(getattr(getattr(step, layer), name), group) for step in self.steps]
         )
 
-    def _linear_parts(self, group: int | None) -> tuple[Tensor, ...]:
+    def _linear_parts(self, group: GroupSelection) -> tuple[Tensor, ...]:
         """The ActNorm and 1x1-convolution parameters of every step, stacked (K, G', *):
         ``(P, L, U, actnorm_bias, actnorm_log_scale, log_abs_s)`` with ``W = P L U``."""
         log_abs_s = self._stacked("invconv", "log_abs_s", group)
@@ -203,7 +204,7 @@ class Flow(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, group: int | None = None, mask: Tensor | None = None
+        self, x: Tensor, group: GroupSelection = None, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Map data ``x: (G, B, C, T)`` to ``(z: (G, B, C, T), logdet: (G, B))`` summed over
         steps (3-D ``x``: one group, ``logdet: (B,)``).
@@ -253,7 +254,7 @@ class Flow(nn.Module):
         logdet = logdet.view(points.shape[0], batch, length).sum(dim=2)  # (G', B)
         return self._sequences(points, x), logdet if x.dim() == 4 else logdet[0]
 
-    def inverse(self, z: Tensor, group: int | None = None) -> Tensor:
+    def inverse(self, z: Tensor, group: GroupSelection = None) -> Tensor:
         """Map a latent ``z: (G, B, C, T)`` (or one group's ``(B, C, T)``) back to data."""
         points = self._points(z, group)
         if self.step_type != "glow":

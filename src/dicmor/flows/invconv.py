@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dicmor.flows.actnorm import check_points, select
+from dicmor.flows.actnorm import check_points
+from dicmor.nn.transformer import GroupSelection, select_groups
 
 
 class InvertibleConv1x1(nn.Module):
@@ -47,33 +48,33 @@ class InvertibleConv1x1(nn.Module):
         self.upper = nn.Parameter(upper)
         self.log_abs_s = nn.Parameter(s.abs().log())
 
-    def _factors(self, group: int | None) -> tuple[Tensor, Tensor]:
+    def _factors(self, group: GroupSelection) -> tuple[Tensor, Tensor]:
         return lu_factors(
-            select(self.lower, group),
-            select(self.upper, group),
-            select(self.sign_s, group),
-            select(self.log_abs_s, group),
+            select_groups(self.lower, group),
+            select_groups(self.upper, group),
+            select_groups(self.sign_s, group),
+            select_groups(self.log_abs_s, group),
         )
 
-    def weight(self, group: int | None = None) -> Tensor:
+    def weight(self, group: GroupSelection = None) -> Tensor:
         """The current weights ``W: (G, C, C)``, or group g's as ``(1, C, C)``."""
         lower, upper = self._factors(group)
-        return select(self.permutation, group) @ lower @ upper
+        return select_groups(self.permutation, group) @ lower @ upper
 
-    def forward(self, x: Tensor, group: int | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, group: GroupSelection = None) -> tuple[Tensor, Tensor]:
         """Map ``x: (G, N, C)`` to ``(z: (G, N, C), logdet: (G, N))``."""
         check_points("InvertibleConv1x1", x, self.groups, self.channels, group)
         z = x @ self.weight(group).transpose(1, 2)  # row form of W x_n
-        logdet = select(self.log_abs_s, group).sum(dim=1, keepdim=True)
+        logdet = select_groups(self.log_abs_s, group).sum(dim=1, keepdim=True)
         return z, logdet.expand(x.shape[0], x.shape[1])
 
-    def inverse(self, z: Tensor, group: int | None = None) -> Tensor:
+    def inverse(self, z: Tensor, group: GroupSelection = None) -> Tensor:
         """Map ``z: (G, N, C)`` back to ``x: (G, N, C)``."""
         check_points("InvertibleConv1x1", z, self.groups, self.channels, group)
         lower, upper = self._factors(group)
         # In row form z = x U^T L^T P^T, and P^T P = I: two triangular solves from the right undo
         # L and U without forming W^-1.
-        y = z @ select(self.permutation, group)
+        y = z @ select_groups(self.permutation, group)
         y = torch.linalg.solve_triangular(
             lower.transpose(1, 2), y, upper=True, left=False, unitriangular=True
         )

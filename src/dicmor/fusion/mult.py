@@ -208,6 +208,7 @@ class MulT(nn.Module):
         )  # (M·(M−1), B, T, d), pairs in target-major order
         _, batch, length, dim = crossed.shape
         crossed = crossed.view(num, num - 1, batch, length, dim).permute(0, 2, 3, 1, 4)
+        # (M, B, T, M − 1, d): each target's crossmodal outputs side by side, sources in order
         hidden = self.self_attention(
             crossed.reshape(num, batch, length, (num - 1) * dim), last_step_only=True
         )  # (M, B, 1, (M−1)·d)
@@ -221,12 +222,12 @@ class MulT(nn.Module):
             crossed[target].append(
                 self.crossmodal(sequences[target], sequences[source], group=g)
             )  # (B, T_target, d)
-        summaries = [
-            self.self_attention(torch.cat(crossed[target], dim=-1), group=j, last_step_only=True)[
-                :, 0
-            ]
-            for j, target in enumerate(self.modality_names)
-        ]  # M × (B, (M−1)·d)
+        summaries = []
+        for j, target in enumerate(self.modality_names):
+            hidden = self.self_attention(
+                torch.cat(crossed[target], dim=-1), group=j, last_step_only=True
+            )  # (B, 1, (M−1)·d)
+            summaries.append(hidden[:, 0])
         return torch.cat(summaries, dim=-1)  # (B, M·(M−1)·d)
 
     def forward(self, features: Mapping[str, Tensor]) -> Tensor:

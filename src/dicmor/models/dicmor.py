@@ -187,18 +187,33 @@ class DiCMoR(MultimodalModel):
             # The mean of the available latents does not depend on which modality is decoded.
             count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
             fused = torch.einsum("mbct,bm->bct", full, weights) / count[:, None, None]
+        # Modalities missing from the same samples (a whole batch keeping one modality, or a
+        # single sample) decode together, in one inverse pass of their flow groups.
+        subsets: dict[tuple[int, ...], tuple[torch.Tensor, list[int]]] = {}
+        for j in range(len(names)):
+            index = (~available[:, j]).nonzero().squeeze(1)
+            if index.numel() > 0:
+                subsets.setdefault(tuple(index.tolist()), (index, []))[1].append(j)
+        decodings: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for index, targets in subsets.values():
+            if fused is None:
+                for j in targets:
+                    decodings[j] = (index, self._decode_merge(j, full[:, index], weights[index]))
+                continue
+            latent = fused.index_select(0, index)  # (n, d, T')
+            # No gradient reaches the flows through the recovery (SPEC §5.5).
+            with torch.no_grad():
+                decoded = self.flows.inverse(
+                    latent.expand(len(targets), *latent.shape), group=targets
+                )  # (len(targets), n, d, T')
+            for j, x in zip(targets, decoded.unbind(0), strict=True):
+                decodings[j] = (index, x)
         filled = dict(features)
         recovered = {}
         for j, m in enumerate(names):
-            index = (~available[:, j]).nonzero().squeeze(1)
-            if index.numel() == 0:
+            if j not in decodings:
                 continue
-            if fused is None:
-                decoded = self._decode_merge(j, full[:, index], weights[index])
-            else:
-                # No gradient reaches the flows through the recovery (SPEC §5.5).
-                with torch.no_grad():
-                    decoded = self.flows.inverse(fused.index_select(0, index), group=j)
+            index, decoded = decodings[j]
             bound = self.feature_bound[j]
             decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
             refined = self.refiners[m](decoded)  # (n, d, T')

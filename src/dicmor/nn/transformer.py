@@ -31,12 +31,28 @@ __all__ = [
     "TransformerLayer",
     "causal_mask",
     "grouped_linear",
+    "select_groups",
     "sinusoidal_positions",
 ]
 
+GroupSelection = int | Sequence[int] | None
+"""Which groups of a grouped module to run: all (None), one (an index), or several (indices)."""
 
-def _select(parameter: Tensor, group: int | None) -> Tensor:
-    return parameter if group is None else parameter[group : group + 1]
+
+def select_groups(parameter: Tensor, group: GroupSelection) -> Tensor:
+    """The selected groups of ``parameter: (G, *)``: all of it, group g as ``(1, *)``, or the
+    listed groups as ``(len(group), *)``."""
+    if group is None:
+        return parameter
+    if isinstance(group, int):
+        return parameter[group : group + 1]
+    groups = list(group)
+    if not groups:
+        raise ValueError("select_groups: the selection names no group")
+    if groups == list(range(groups[0], groups[0] + len(groups))):
+        # Consecutive groups are a view; any other list is a gather (a copy).
+        return parameter[groups[0] : groups[0] + len(groups)]
+    return parameter[groups]
 
 
 def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -60,7 +76,8 @@ class GroupedLinear(nn.Module):
 
     Shapes:
         x: (G, *, in_features) → (G, *, out_features); with ``group=g``, x: (1, *, in_features)
-        uses group g's parameters only.
+        uses group g's parameters only, with ``group=[g, h, …]`` x: (len(group), *, in_features)
+        those groups' parameters.
     """
 
     def __init__(self, groups: int, in_features: int, out_features: int) -> None:
@@ -80,9 +97,9 @@ class GroupedLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor, group: int | None = None) -> Tensor:
-        """x: (G, *, in_features) → (G, *, out_features)."""
-        return grouped_linear(x, _select(self.weight, group), _select(self.bias, group))
+    def forward(self, x: Tensor, group: GroupSelection = None) -> Tensor:
+        """x: (G', *, in_features) → (G', *, out_features) for the selected G' groups."""
+        return grouped_linear(x, select_groups(self.weight, group), select_groups(self.bias, group))
 
     def extra_repr(self) -> str:
         return (
@@ -125,13 +142,13 @@ class GroupedLayerNorm(nn.Module):
             weight: the linear map's weights (G', d, out) for the selected groups.
             bias: its biases (G', out).
         """
-        gamma, beta = _select(self.weight, group), _select(self.bias, group)  # (G', d)
+        gamma, beta = select_groups(self.weight, group), select_groups(self.bias, group)  # (G', d)
         folded_bias = torch.baddbmm(bias[:, None], beta[:, None], weight)  # (G', 1, out)
         return gamma[:, :, None] * weight, folded_bias[:, 0]
 
     def forward(self, x: Tensor, group: int | None = None) -> Tensor:
         """x: (G, *, d) → (G, *, d)."""
-        weight, bias = _select(self.weight, group), _select(self.bias, group)
+        weight, bias = select_groups(self.weight, group), select_groups(self.bias, group)
         if weight.shape[0] == 1:
             return F.layer_norm(x, (self.dim,), weight[0], bias[0], self.eps)
         shape = (weight.shape[0],) + (1,) * (x.dim() - 2) + (self.dim,)
@@ -310,7 +327,10 @@ class TransformerLayer(nn.Module):
         if x.dim() == 3:
             out = self.forward(x[None], None if x_kv is None else x_kv[None], group, last_step_only)
             return out[0]
-        weight, bias = _select(self.in_proj.weight, group), _select(self.in_proj.bias, group)
+        weight, bias = (
+            select_groups(self.in_proj.weight, group),
+            select_groups(self.in_proj.bias, group),
+        )
         weight, bias = self.attn_norm.fold(weight, bias, group)
         normed = self.attn_norm.standardize(x)
         source = None if x_kv is None else self.attn_norm.standardize(x_kv)
@@ -320,7 +340,7 @@ class TransformerLayer(nn.Module):
             source = normed if source is None else source
             x, normed = x[:, :, -1:], normed[:, :, -1:]
         x = x + self.res_dropout(self._attend(normed, source, weight, bias, group))
-        weight, bias = _select(self.fc1.weight, group), _select(self.fc1.bias, group)
+        weight, bias = select_groups(self.fc1.weight, group), select_groups(self.fc1.bias, group)
         weight, bias = self.ff_norm.fold(weight, bias, group)
         hidden = grouped_linear(self.ff_norm.standardize(x), weight, bias).relu()
         return x + self.res_dropout(self.fc2(self.relu_dropout(hidden), group))
