@@ -49,7 +49,6 @@ from __future__ import annotations
 from importlib import resources
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from dicmor.data.dataset import DataError, MultimodalDataset, Split
 
@@ -112,6 +111,10 @@ def load_embedded(
     arrays = _read_mfeat()
     labels = arrays["label"].astype(np.int64)
     rows = np.arange(labels.shape[0])
+    # Imported here, not at module level: every process that builds a model imports this
+    # package, and scikit-learn would add about 70 MiB to each one's resident memory.
+    from sklearn.model_selection import train_test_split
+
     rest, test = train_test_split(rows, test_size=test_fraction, stratify=labels, random_state=seed)
     train, valid = train_test_split(
         rest,
