@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dicmor.nn import TransformerEncoder, TransformerLayer, causal_mask, sinusoidal_positions
-from dicmor.nn.transformer import (
+from dicmor.nn.grouped import (
     GroupedLayerNorm,
     GroupedLinear,
     grouped_linear,

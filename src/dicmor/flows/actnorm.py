@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dicmor.nn.transformer import GroupSelection, select_groups
+from dicmor.nn.grouped import GroupSelection, select_groups
 
 __all__ = ["ActNorm", "check_points", "selected_groups"]
 

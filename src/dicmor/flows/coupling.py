@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dicmor.flows.actnorm import check_points
-from dicmor.nn.transformer import GroupedLinear, GroupSelection
+from dicmor.nn.grouped import GroupedLinear, GroupSelection
 
 
 class AffineCoupling(nn.Module):

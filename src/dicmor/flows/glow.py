@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from dicmor.flows.actnorm import ActNorm, selected_groups
 from dicmor.flows.coupling import AffineCoupling
 from dicmor.flows.invconv import InvertibleConv1x1, lu_factors
-from dicmor.nn.transformer import GroupSelection, select_groups
+from dicmor.nn.grouped import GroupSelection, select_groups
 
 StepType = Literal["glow", "coupling-only"]
 

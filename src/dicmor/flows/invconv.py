@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from dicmor.flows.actnorm import check_points
-from dicmor.nn.transformer import GroupSelection, select_groups
+from dicmor.nn.grouped import GroupSelection, select_groups
 
 
 class InvertibleConv1x1(nn.Module):

@@ -1,10 +1,11 @@
-"""Neural building blocks shared by the models: temporal convolution, transformer layers and
-residual channel attention."""
+"""Neural building blocks shared by the models: temporal convolution, grouped layers, transformer
+layers and residual channel attention."""
 
 from __future__ import annotations
 
 from torch import nn
 
+from dicmor.nn.grouped import GroupedLayerNorm, GroupedLinear
 from dicmor.nn.rcan import ChannelAttention, RefinementNetwork, ResidualChannelAttentionBlock
 from dicmor.nn.temporal import TemporalConv
 from dicmor.nn.transformer import (
@@ -16,6 +17,8 @@ from dicmor.nn.transformer import (
 
 __all__ = [
     "ChannelAttention",
+    "GroupedLayerNorm",
+    "GroupedLinear",
     "RefinementNetwork",
     "ResidualChannelAttentionBlock",
     "TemporalConv",
