@@ -91,7 +91,7 @@ def fit(
             if not torch.isfinite(total):
                 raise TrainingError(
                     f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 )
             (total / config.grad_accum).backward()
             if step % config.grad_accum == 0 or step == len(train):
