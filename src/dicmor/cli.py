@@ -35,7 +35,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
             config.data,
             config.model,
             config.train,
-            MissingProtocol.from_string(args.missing),
+            MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size),
             config.output_dir,
         )
     return config
@@ -82,7 +82,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise DataError(f"{args.masks}: masks are for modalities {mask_names}, not {names}")
         label = f"masks {Path(args.masks).name}"
     else:
-        protocol = MissingProtocol.from_string(args.missing) if args.missing else config.missing
+        protocol = (
+            MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size)
+            if args.missing
+            else config.missing
+        )
         seed = args.seed if args.seed is not None else config.train.seed
         presents = {s: split.present for s, split in dataset.splits.items()}
         masks = make_masks(protocol, presents, names, seed)
@@ -149,7 +153,10 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None) -> None:
     base = _config_from_args(args)
     methods = args.methods or [m for m in ("zero_fill", "dicmor") if m in model_names()]
     if args.missing:
-        protocols = [MissingProtocol.from_string(text) for text in args.missing]
+        protocols = [
+            MissingProtocol.from_string(text, batch_size=base.train.batch_size)
+            for text in args.missing
+        ]
     else:
         protocols = [
             MissingProtocol(kind="random", rate=rate) if rate > 0 else MissingProtocol()

@@ -76,3 +76,25 @@ def test_train_command_reuses_another_runs_masks(tmp_path: Path) -> None:
     second, _ = load_masks(tmp_path / "b" / "masks.npz")
     assert all(np.array_equal(first[s], second[s]) for s in ("train", "valid", "test"))
     assert "random" in (tmp_path / "b" / "config.yaml").read_text()
+
+
+def test_legacy_schedule_follows_the_training_batch_size(tmp_path: Path) -> None:
+    args = [
+        "train",
+        "demo",
+        "--missing",
+        "legacy-batch:0.5",
+        "--name",
+        "legacy",
+        "--set",
+        "train.max_epochs=1",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.progress=false",
+        "--output-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    config = (tmp_path / "legacy" / "config.yaml").read_text()
+    assert "kind: legacy-batch" in config and "batch_size: 16" in config.split("missing:")[1]
