@@ -7,6 +7,7 @@ batch)`` turns the output and the batch (labels, real features) into named loss 
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -70,7 +71,7 @@ class Stage:
     max_epochs: int | None = None
 
 
-class MultimodalModel(nn.Module):
+class MultimodalModel(nn.Module, abc.ABC):
     """Base class of every registered method."""
 
     name: ClassVar[str] = ""
@@ -87,9 +88,9 @@ class MultimodalModel(nn.Module):
     def begin_stage(self, stage: Stage) -> None:
         """Prepare for ``stage`` (e.g. freeze parts); called before its optimiser is built."""
 
+    @abc.abstractmethod
     def forward(self, batch: dict) -> Output:
         """Map a batch to ``{"prediction": (B,) or (B, K), ...}`` without reading labels."""
-        raise NotImplementedError
 
     def loss(self, output: Output, batch: dict) -> dict[str, torch.Tensor]:
         """Named loss terms; ``"total"`` is optimised. Default: the task loss only."""
