@@ -18,12 +18,12 @@ import torch
 
 from dicmor.config import load_config
 from dicmor.data import load_mmsa
-from dicmor.data.batches import Batches
 from dicmor.data.synthetic import write_mmsa_pickle
 from dicmor.missing.protocols import make_masks
 from dicmor.models.base import DataInfo
 from dicmor.registry import build_model
 from dicmor.training.loop import fit
+from dicmor.training.run import training_batches
 
 SIZES = {
     "mosi": ((1284, 229, 686), {"text": 768, "audio": 5, "vision": 20}),
@@ -62,21 +62,7 @@ def main() -> None:
         for stage in model.stages():
             model.begin_stage(stage)
             used = presents if stage.complete_data else masks
-            train = Batches(
-                data.splits["train"],
-                names,
-                used["train"],
-                config.train.batch_size,
-                shuffle=True,
-                with_targets=True,
-            )
-            valid = Batches(
-                data.splits["valid"],
-                names,
-                used["valid"],
-                config.train.batch_size,
-                with_targets=True,
-            )
+            train, valid = training_batches(data, used, config.train)
             start = time.perf_counter()
             fit(model, train, valid, config.train, max_epochs=1, desc=stage.name)
             seconds = time.perf_counter() - start

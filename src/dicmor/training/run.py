@@ -22,7 +22,7 @@ import torch
 import yaml
 
 import dicmor
-from dicmor.config import Config, DataConfig, ModelConfig, from_dict, to_dict
+from dicmor.config import Config, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from dicmor.data import load_dataset
 from dicmor.data.batches import Batches
 from dicmor.data.dataset import DataError, MultimodalDataset
@@ -138,6 +138,35 @@ def _stage_cache_path(config: Config, dataset: MultimodalDataset, stage: str) ->
     return Path(config.output_dir) / "cache" / f"{config.model.method}-{stage}-{digest}.pt"
 
 
+def training_batches(
+    dataset: MultimodalDataset,
+    masks: dict[str, np.ndarray],
+    config: TrainConfig,
+    device: torch.device | str = "cpu",
+) -> tuple[Batches, Batches]:
+    """The shuffled train and the ordered valid batches of a stage, with reconstruction targets."""
+    names = dataset.modality_names
+    train = Batches(
+        dataset.splits["train"],
+        names,
+        masks["train"],
+        config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        device=device,
+        with_targets=True,
+    )
+    valid = Batches(
+        dataset.splits["valid"],
+        names,
+        masks["valid"],
+        config.batch_size,
+        device=device,
+        with_targets=True,
+    )
+    return train, valid
+
+
 def run_experiment(
     config: Config,
     *,
@@ -194,24 +223,7 @@ def run_experiment(
             model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
             log(f"{stage.name}: reusing cached weights {cache}")
             continue
-        train = Batches(
-            dataset.splits["train"],
-            names,
-            stage_masks["train"],
-            train_cfg.batch_size,
-            shuffle=True,
-            seed=train_cfg.seed,
-            device=device,
-            with_targets=True,
-        )
-        valid = Batches(
-            dataset.splits["valid"],
-            names,
-            stage_masks["valid"],
-            train_cfg.batch_size,
-            device=device,
-            with_targets=True,
-        )
+        train, valid = training_batches(dataset, stage_masks, train_cfg, device)
         result = fit(model, train, valid, train_cfg, max_epochs=stage.max_epochs, desc=stage.name)
         stages[stage.name] = result
         log(
