@@ -257,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func in (("demo", cmd_demo), ("sweep", cmd_sweep)):
         sub = commands.add_parser(name, help=func.__doc__, description=func.__doc__)
         _add_run_options(sub)
-        sub.add_argument("--methods", nargs="+", help="methods to compare (default: all)")
+        sub.add_argument(
+            "--methods", nargs="+", help="methods to compare (default: zero_fill dicmor)"
+        )
         sub.add_argument(
             "--rates",
             nargs="+",

@@ -71,7 +71,8 @@ class DiCMoRConfig:
     does. Off by default: the extractors can then raise the likelihood just by shrinking their
     features, until the NLL floor at 0 stops all learning of the flows and prior."""
     stage1_epochs: int | None = None
-    """Maximum epochs of stage 1 (complete data); ``None`` uses ``train.max_epochs``."""
+    """Maximum epochs of stage 1 (complete data); ``None`` uses ``train.max_epochs``. Also read by
+    ``zero_fill_pretrained``, which follows the same two stages."""
 
     def __post_init__(self) -> None:
         if self.flow_steps < 1 or self.flow_hidden < 1 or self.refine_blocks < 0:
@@ -97,7 +98,8 @@ class ModelConfig:
     mult: MulTConfig = field(default_factory=lambda: MulTConfig())
     """The Multimodal Transformer fusion."""
     dicmor: DiCMoRConfig = field(default_factory=DiCMoRConfig)
-    """DiCMoR's own hyperparameters (read only by the ``dicmor`` method)."""
+    """DiCMoR's own hyperparameters (read by the ``dicmor`` method; ``stage1_epochs`` also by
+    ``zero_fill_pretrained``)."""
 
     def __post_init__(self) -> None:
         if self.kernel_size < 1:

@@ -90,16 +90,6 @@ def test_labels_enter_only_the_loss() -> None:
     assert model.loss(first, batch)["nll"] != model.loss(second, other)["nll"]
 
 
-def test_stage_two_freezes_the_extractors_only() -> None:
-    model, _ = build()
-    complete, missing = model.stages()
-    assert complete.complete_data and not missing.complete_data
-    model.begin_stage(missing)
-    assert not any(p.requires_grad for p in model.extractors.parameters())
-    others = [p for n, p in model.named_parameters() if not n.startswith("extractors.")]
-    assert all(p.requires_grad for p in others)
-
-
 @pytest.mark.parametrize(
     "overrides",
     [

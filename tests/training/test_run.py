@@ -157,12 +157,15 @@ def test_the_test_split_is_read_once_after_training(
     assert {"read train", "read valid"} == set(events[:last_fit]) - {"fit start", "fit end"}
 
 
-def test_dicmor_reuses_its_complete_data_stage_across_protocols(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["dicmor", "zero_fill_pretrained"])
+def test_two_stage_methods_reuse_their_complete_data_stage_across_protocols(
+    method: str, tmp_path: Path
+) -> None:
     data = tiny_dataset("regression")
-    config = small_config("dicmor", **{"output_dir": str(tmp_path)})
+    config = small_config(method, **{"output_dir": str(tmp_path)})
     first = quiet_run(with_protocol(config, MissingProtocol("random", 0.3)), data)
     assert set(first.stages) == {"complete", "missing"}
-    cached = list((tmp_path / "cache").glob("dicmor-complete-*.pt"))
+    cached = list((tmp_path / "cache").glob(f"{method}-complete-*.pt"))
     assert len(cached) == 1
 
     messages: list[str] = []
@@ -173,16 +176,20 @@ def test_dicmor_reuses_its_complete_data_stage_across_protocols(tmp_path: Path) 
     )
     assert set(second.stages) == {"missing"}
     assert any("reusing cached weights" in m and str(cached[0]) in m for m in messages)
-    # Stage 2 freezes the extractors, so they still hold the cached stage-1 weights.
+    # Stage 2 freezes the extractors, so they still hold the cached stage-1 weights, and it
+    # trains the rest.
     state = torch.load(cached[0], weights_only=True)
     for key, value in second.model.state_dict().items():
         if key.startswith("extractors."):
             assert torch.equal(value, state[key]), key
+    assert not torch.equal(
+        second.model.state_dict()["fusion.head.weight"], state["fusion.head.weight"]
+    )
 
-    changed = config.replace(**{"model.dicmor.flow_hidden": 4})
+    changed = config.replace(**{"model.kernel_size": 1})
     third = quiet_run(with_protocol(changed, MissingProtocol("random", 0.5)), data)
     assert set(third.stages) == {"complete", "missing"}
-    assert len(list((tmp_path / "cache").glob("dicmor-complete-*.pt"))) == 2
+    assert len(list((tmp_path / "cache").glob(f"{method}-complete-*.pt"))) == 2
 
 
 @pytest.mark.parametrize("method", model_names())

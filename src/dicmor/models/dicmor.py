@@ -24,14 +24,15 @@ from dicmor.data.labels import prior_classes
 from dicmor.flows.glow import Flow
 from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
 from dicmor.fusion.mult import MulT
-from dicmor.models.base import DataInfo, MultimodalModel, Stage
+from dicmor.models.base import DataInfo
 from dicmor.models.extractors import ShallowExtractors
+from dicmor.models.two_stage import TwoStage
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
 
 @register("dicmor")
-class DiCMoR(MultimodalModel):
+class DiCMoR(TwoStage):
     """Class-specific flows recover missing modalities; MulT fuses (Wang et al., ICCV 2023)."""
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
@@ -67,30 +68,6 @@ class DiCMoR(MultimodalModel):
         self.register_buffer("feature_bound", torch.zeros(len(names)))
         # Set once the prior's class means start at the class means of the first latents.
         self.register_buffer("prior_initialized", torch.tensor(False))
-        self._extractors_frozen = False
-
-    def stages(self) -> list[Stage]:
-        """Stage 1 on complete data (cacheable), stage 2 under the missing protocol."""
-        return [
-            Stage("complete", complete_data=True, max_epochs=self.config.dicmor.stage1_epochs),
-            Stage("missing"),
-        ]
-
-    def begin_stage(self, stage: Stage) -> None:
-        """Stage 2 freezes the shallow extractors (and the text encoder)."""
-        frozen = stage.name == "missing"
-        self._extractors_frozen = frozen
-        for p in self.extractors.parameters():
-            p.requires_grad_(not frozen)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> DiCMoR:
-        """As ``nn.Module.train``, but a frozen text encoder stays in eval mode (no dropout):
-        frozen, it is a fixed feature function."""
-        super().train(mode)
-        if self._extractors_frozen and self.extractors.text_encoder is not None:
-            self.extractors.text_encoder.eval()
-        return self
 
     def forward(self, batch: dict) -> dict[str, Any]:
         """Recover what is missing, fuse, predict.

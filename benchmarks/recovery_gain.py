@@ -1,0 +1,113 @@
+"""What DiCMoR's recovery adds, on the generated data of the learning test.
+
+Trains zero-fill, zero-fill on DiCMoR's two-stage schedule (``zero_fill_pretrained``: complete
+data first, then the protocol) and DiCMoR at random MR 0.5 on the same masks, over several seeds,
+and prints test accuracy and, for DiCMoR, how far its refined recoveries of the test split's
+missing entries are from the real features (MSE and RBF-kernel MMD), relative to zeros.
+DiCMoR against ``zero_fill_pretrained`` separates the recovery's part of the gain from the
+complete-data stage's.
+
+Usage: python benchmarks/recovery_gain.py [--seeds 6] [--data-seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dicmor.config import Config, load_config
+from dicmor.data.batches import Batches
+from dicmor.data.synthetic import make_classification_dataset
+from dicmor.missing.protocols import MissingProtocol
+from dicmor.reporting.gaps import mmd_rbf, mse
+from dicmor.training.run import run_experiment
+
+METHODS = ("zero_fill", "zero_fill_pretrained", "dicmor")
+# The learning test's model: the demo preset shrunk to seconds per run.
+SMALL = {
+    "model.kernel_size": 2,
+    "model.mult.dim": 8,
+    "model.mult.num_heads": 2,
+    "model.mult.num_layers": 1,
+    "model.dicmor.flow_steps": 2,
+    "model.dicmor.flow_hidden": 8,
+    "model.dicmor.refine_blocks": 1,
+    "model.dicmor.refine_reduction": 4,
+    "model.dicmor.reconstruction_weight": 10.0,
+    "train.batch_size": 32,
+    "train.lr": 3e-3,
+    "train.progress": False,
+}
+
+
+def per_step(x: torch.Tensor) -> torch.Tensor:
+    """(n, d, T) → (n·T, d)."""
+    return x.transpose(1, 2).reshape(-1, x.shape[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=0.5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    shapes = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
+    data = make_classification_dataset(
+        400, num_classes=6, modalities=shapes, seed=args.data_seed, signal=2.0
+    )
+    accuracy: dict[str, list[float]] = {m: [] for m in METHODS}
+    # Per modality and seed: (MSE refined, MSE zeros, MMD refined, MMD zeros).
+    gaps: dict[str, list[tuple[float, float, float, float]]] = {m: [] for m in data.modality_names}
+    output = Path(tempfile.mkdtemp(prefix="recovery-gain-"))
+    for seed in range(1, args.seeds + 1):
+        for method in METHODS:
+            epochs = 16 if method == "zero_fill" else 8  # the same total for every method
+            overrides = {
+                **SMALL,
+                "model.method": method,
+                "train.max_epochs": epochs,
+                "train.seed": seed,
+                "output_dir": str(output / method),
+            }
+            base = load_config("demo", overrides)
+            protocol = MissingProtocol("random", args.rate)
+            config = Config(base.data, base.model, base.train, protocol, base.output_dir)
+            result = run_experiment(config, dataset=data, log=lambda _: None)
+            accuracy[method].append(result.metrics["acc"])
+        model, masks = result.model, result.masks
+        test = data.splits["test"]
+        batch = next(
+            iter(Batches(test, data.modality_names, masks["test"], len(test), with_targets=True))
+        )
+        model.eval()
+        with torch.no_grad():
+            recovered = model(batch)["recovered"]
+        for m, (index, features) in recovered.items():
+            real = model.target_features(m, batch, index)
+            zero = torch.zeros_like(real)
+            gaps[m].append(
+                (
+                    mse(features, real),
+                    mse(zero, real),
+                    mmd_rbf(per_step(real), per_step(features)),
+                    mmd_rbf(per_step(real), per_step(zero)),
+                )
+            )
+        print(f"seed {seed}: " + ", ".join(f"{m} {accuracy[m][-1]:.3f}" for m in METHODS))
+    print(f"\ntest accuracy at random MR {args.rate}, {args.seeds} seeds (mean ± std)")
+    for m in METHODS:
+        values = np.array(accuracy[m])
+        print(f"  {m:22s} {values.mean():.3f} ± {values.std(ddof=1):.3f}")
+    print("DiCMoR's recoveries against zeros, means over seeds (ratio < 1: closer than zeros)")
+    for m, rows in gaps.items():
+        means = np.array(rows).mean(axis=0)
+        print(f"  {m}: MSE ratio {means[0] / means[1]:.3f}, MMD ratio {means[2] / means[3]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

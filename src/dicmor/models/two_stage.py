@@ -1,0 +1,45 @@
+"""The two-stage schedule of DiCMoR (SPEC §5.9), shared with any method that wants it.
+
+Stage 1 trains the whole model on complete data (whatever the missing protocol, so its weights
+can be cached and reused); stage 2 starts from stage 1, freezes the shallow extractors (and the
+text encoder) and trains under the protocol.
+"""
+
+from __future__ import annotations
+
+from dicmor.models.base import MultimodalModel, Stage
+from dicmor.models.extractors import ShallowExtractors
+
+
+class TwoStage(MultimodalModel):
+    """Base class of two-stage methods; subclasses build ``self.extractors``.
+
+    The stage-1 epoch limit is ``model.dicmor.stage1_epochs`` for every such method, so that
+    comparing two of them changes nothing but the method.
+    """
+
+    extractors: ShallowExtractors
+    _extractors_frozen: bool = False
+
+    def stages(self) -> list[Stage]:
+        """Stage 1 on complete data (cacheable), stage 2 under the missing protocol."""
+        return [
+            Stage("complete", complete_data=True, max_epochs=self.config.dicmor.stage1_epochs),
+            Stage("missing"),
+        ]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Stage 2 freezes the shallow extractors (and the text encoder)."""
+        frozen = stage.name == "missing"
+        self._extractors_frozen = frozen
+        for p in self.extractors.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> TwoStage:
+        """As ``nn.Module.train``, but a frozen text encoder stays in eval mode (no dropout):
+        frozen, it is a fixed feature function."""
+        super().train(mode)
+        if self._extractors_frozen and self.extractors.text_encoder is not None:
+            self.extractors.text_encoder.eval()
+        return self
