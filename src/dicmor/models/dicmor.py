@@ -26,13 +26,13 @@ from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo
 from dicmor.models.extractors import ShallowExtractors
-from dicmor.models.two_stage import TwoStage
+from dicmor.models.recovery import Recovering
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
 
 @register("dicmor")
-class DiCMoR(TwoStage):
+class DiCMoR(Recovering):
     """Class-specific flows recover missing modalities; MulT fuses (Wang et al., ICCV 2023)."""
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
@@ -239,19 +239,7 @@ class DiCMoR(TwoStage):
         for index, z, logdet in latents.values():
             log_prob = self.prior.log_prob(z, classes.index_select(0, index))
             nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
-        reconstruction = zero
-        if output["recovered"] and "targets" in batch:
-            errors = []
-            for m, (index, refined) in output["recovered"].items():
-                j = self.info.modality_names.index(m)
-                real = batch["present"][index, j]  # (n,)
-                if not bool(real.any()):
-                    continue
-                keep = real.nonzero().squeeze(1)
-                target = self.target_features(m, batch, index.index_select(0, keep))
-                errors.append((refined.index_select(0, keep) - target).square().mean())
-            if errors:
-                reconstruction = torch.stack(errors).mean()
+        reconstruction = self.reconstruction_loss(output, batch)
         total = task + options.nll_weight * nll + options.reconstruction_weight * reconstruction
         return {"total": total, "task": task, "nll": nll, "reconstruction": reconstruction}
 
@@ -278,18 +266,3 @@ class DiCMoR(TwoStage):
         seen = count > 0
         self.prior.mean[seen] = total[seen] / count[seen, None]
         self.prior_initialized.fill_(True)
-
-    @torch.no_grad()
-    def target_features(self, modality: str, batch: dict, index: torch.Tensor) -> torch.Tensor:
-        """Shallow features of the real (unmasked) values of ``modality`` for samples ``index``,
-        without input dropout and without gradient: the reconstruction target (n, d, T')."""
-        extractor = self.extractors.convs[modality]
-        raw = batch["targets"][modality].index_select(0, index)  # (n, T, D)
-        encoder = self.extractors.text_encoder
-        if modality == "text" and encoder is not None:
-            # A target must not depend on dropout: the encoder runs in eval mode here.
-            mode = encoder.training
-            encoder.eval()
-            raw = encoder(batch["target_text_bert"].index_select(0, index))
-            encoder.train(mode)
-        return extractor.conv(raw.transpose(1, 2))

@@ -1,0 +1,78 @@
+"""Deterministic cross-modal regression: the recovery paradigm DiCMoR argues against.
+
+A missing modality's features are regressed from the mean of the sample's available modalities'
+features by the same residual channel-attention network that refines DiCMoR's recoveries, trained
+by the reconstruction MSE alone: one point estimate per input, with no model of the missing
+modality's distribution. Everything else is DiCMoR's: shallow extractors, MulT fusion, the
+two-stage schedule, the loss weights (``model.dicmor.refine_blocks``, ``refine_reduction`` and
+``reconstruction_weight`` are read from DiCMoR's options), so comparing the two changes only how
+a missing modality is filled in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dicmor.config import ModelConfig
+from dicmor.fusion.mult import MulT
+from dicmor.models.base import DataInfo
+from dicmor.models.extractors import ShallowExtractors
+from dicmor.models.recovery import Recovering
+from dicmor.nn.rcan import RefinementNetwork
+from dicmor.registry import register
+
+
+@register("cross_regression")
+class CrossModalRegression(Recovering):
+    """Missing features regressed from the mean of the available ones; MulT fuses."""
+
+    def __init__(self, info: DataInfo, config: ModelConfig) -> None:
+        super().__init__(info, config)
+        options = config.dicmor
+        dim = config.mult.dim
+        self.extractors = ShallowExtractors(info, config)
+        self.regressors = nn.ModuleDict(
+            {
+                m: RefinementNetwork(dim, options.refine_blocks, options.refine_reduction)
+                for m in info.modality_names
+            }
+        )
+        self.fusion = MulT(info.modality_names, config.mult, info.output_dim)
+
+    def forward(self, batch: dict) -> dict[str, Any]:
+        """``prediction``, the ``features`` fused ({m: (B, d, T')} with recovered entries filled
+        in) and ``recovered`` ({m: (index (n,), features (n, d, T'))} for the samples missing m).
+        """
+        features = self.extractors(batch)
+        available = batch["available"]  # (B, M)
+        recovered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if not bool(available.all()):
+            names = self.info.modality_names
+            stacked = torch.stack([features[m] for m in names])  # (M, B, d, T')
+            weights = available.to(stacked.dtype)  # (B, M)
+            count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
+            # Unavailable modalities' features are zeros, and weighted 0 besides.
+            source = torch.einsum("mbct,bm->bct", stacked, weights) / count[:, None, None]
+            filled = dict(features)
+            for j, m in enumerate(names):
+                index = (~available[:, j]).nonzero().squeeze(1)
+                if index.numel() == 0:
+                    continue
+                estimate = self.regressors[m](source.index_select(0, index))  # (n, d, T')
+                filled[m] = features[m].index_copy(0, index, estimate)
+                recovered[m] = (index, estimate)
+            features = filled
+        prediction = self.fusion(features)
+        if self.info.task == "regression":
+            prediction = prediction.squeeze(-1)  # (B,)
+        return {"prediction": prediction, "features": features, "recovered": recovered}
+
+    def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:
+        """task + reconstruction_weight · MSE over the recovered entries that have real features."""
+        task = self.task_loss(output["prediction"], batch["label"])
+        reconstruction = self.reconstruction_loss(output, batch)
+        total = task + self.config.dicmor.reconstruction_weight * reconstruction
+        return {"total": total, "task": task, "reconstruction": reconstruction}

@@ -1,0 +1,45 @@
+"""What methods that recover missing features share: the reconstruction target and loss."""
+
+from __future__ import annotations
+
+import torch
+
+from dicmor.models.two_stage import TwoStage
+
+
+class Recovering(TwoStage):
+    """A two-stage method whose ``forward`` output carries ``recovered``:
+    ``{m: (index (n,), features (n, d, T'))}`` for the samples missing modality m."""
+
+    @torch.no_grad()
+    def target_features(self, modality: str, batch: dict, index: torch.Tensor) -> torch.Tensor:
+        """Shallow features of the real (unmasked) values of ``modality`` for samples ``index``,
+        without input dropout and without gradient: the reconstruction target (n, d, T')."""
+        extractor = self.extractors.convs[modality]
+        raw = batch["targets"][modality].index_select(0, index)  # (n, T, D)
+        encoder = self.extractors.text_encoder
+        if modality == "text" and encoder is not None:
+            # A target must not depend on dropout: the encoder runs in eval mode here.
+            mode = encoder.training
+            encoder.eval()
+            raw = encoder(batch["target_text_bert"].index_select(0, index))
+            encoder.train(mode)
+        return extractor.conv(raw.transpose(1, 2))
+
+    def reconstruction_loss(self, output: dict, batch: dict) -> torch.Tensor:
+        """MSE between recovered and real features, averaged over recovered modalities, over the
+        entries whose real features exist (``present``): a genuinely absent entry contributes
+        nothing. 0 when nothing is recovered or the batch carries no targets."""
+        errors = []
+        if output["recovered"] and "targets" in batch:
+            for m, (index, recovered) in output["recovered"].items():
+                j = self.info.modality_names.index(m)
+                real = batch["present"][index, j]  # (n,)
+                if not bool(real.any()):
+                    continue
+                keep = real.nonzero().squeeze(1)
+                target = self.target_features(m, batch, index.index_select(0, keep))
+                errors.append((recovered.index_select(0, keep) - target).square().mean())
+        if not errors:
+            return output["prediction"].new_zeros(())
+        return torch.stack(errors).mean()
