@@ -188,9 +188,11 @@ def cmd_models(args: argparse.Namespace) -> None:
     """List the registered methods."""
     from dicmor.registry import get_model_class, model_names
 
-    for name in model_names():
+    names = model_names()
+    width = max(len(name) for name in names)
+    for name in names:
         doc = (get_model_class(name).__doc__ or "").strip().splitlines()[0]
-        print(f"{name:12s} {doc}")
+        print(f"{name:{width}s}  {doc}")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
