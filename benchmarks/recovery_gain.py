@@ -29,16 +29,8 @@ from dicmor.training.run import run_experiment
 
 METHODS = ("zero_fill", "zero_fill_pretrained", "cross_regression", "dicmor")
 RECOVERING = ("cross_regression", "dicmor")
-# The learning test's model: the demo preset shrunk to seconds per run.
-SMALL = {
-    "model.kernel_size": 2,
-    "model.mult.dim": 8,
-    "model.mult.num_heads": 2,
-    "model.mult.num_layers": 1,
-    "model.dicmor.flow_steps": 2,
-    "model.dicmor.flow_hidden": 8,
-    "model.dicmor.refine_blocks": 1,
-    "model.dicmor.refine_reduction": 4,
+# The learning test's settings on the ``tiny`` preset's model.
+SETTINGS = {
     "model.dicmor.reconstruction_weight": 10.0,
     "train.batch_size": 32,
     "train.lr": 3e-3,
@@ -91,13 +83,13 @@ def main() -> None:
         for method in METHODS:
             epochs = 16 if method == "zero_fill" else 8  # the same total for every method
             overrides = {
-                **SMALL,
+                **SETTINGS,
                 "model.method": method,
                 "train.max_epochs": epochs,
                 "train.seed": seed,
                 "output_dir": str(output / method),
             }
-            base = load_config("demo", overrides)
+            base = load_config("tiny", overrides)
             protocol = MissingProtocol("random", args.rate)
             config = Config(base.data, base.model, base.train, protocol, base.output_dir)
             result = run_experiment(config, dataset=data, log=lambda _: None)

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from dicmor.config import Config, load_config
+from dicmor.data.batches import Batches
 from dicmor.data.dataset import MultimodalDataset, Split
+from dicmor.models.base import DataInfo
+from dicmor.registry import build_model
 
 SHAPES = {"text": (6, 12), "audio": (6, 5), "vision": (6, 7)}
 
@@ -44,23 +47,32 @@ def tiny_dataset(task: str = "regression", n: int = 24, seed: int = 0) -> Multim
 
 
 def small_config(method: str, **overrides: object) -> Config:
-    """The demo preset shrunk to a few seconds of CPU."""
+    """The ``tiny`` preset with small batches and two epochs: a few seconds of CPU."""
     changes = {
         "model.method": method,
-        "model.kernel_size": 2,
-        "model.mult.dim": 8,
-        "model.mult.num_heads": 2,
-        "model.mult.num_layers": 1,
-        "model.dicmor.flow_steps": 2,
-        "model.dicmor.flow_hidden": 8,
-        "model.dicmor.refine_blocks": 1,
-        "model.dicmor.refine_reduction": 4,
         "train.batch_size": 8,
         "train.max_epochs": 2,
         "train.progress": False,
     }
     changes.update(overrides)
-    return load_config("demo", changes)
+    return load_config("tiny", changes)
+
+
+def build_model_for(method: str, task: str = "regression", **overrides: object):
+    """``(model, data)``: ``method`` at ``small_config`` sizes for ``tiny_dataset(task)``."""
+    torch.manual_seed(0)
+    data = tiny_dataset(task)
+    config = small_config(method, **overrides)
+    return build_model(DataInfo.from_dataset(data), config.model), data
+
+
+def train_batch(data, mask: np.ndarray, present: np.ndarray | None = None) -> dict:
+    """The first 8 training samples under availability ``mask``, with reconstruction targets;
+    ``present`` overwrites the split's genuinely-present flags first."""
+    split = data.splits["train"]
+    if present is not None:
+        split.present[:] = present
+    return next(iter(Batches(split, data.modality_names, mask, 8, with_targets=True)))
 
 
 @pytest.fixture(autouse=True)

@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tests.conftest import small_config, tiny_dataset
-
-from dicmor.data.batches import Batches
-from dicmor.models.base import DataInfo
-from dicmor.registry import build_model
+from tests.conftest import build_model_for, train_batch
 
 
 def build(**overrides: object):
-    torch.manual_seed(0)
-    data = tiny_dataset("regression")
-    config = small_config("cross_regression", **overrides)
-    return build_model(DataInfo.from_dataset(data), config.model), data
-
-
-def batch_with(data, mask: np.ndarray, present: np.ndarray | None = None) -> dict:
-    split = data.splits["train"]
-    if present is not None:
-        split.present[:] = present
-    return next(iter(Batches(split, data.modality_names, mask, 8, with_targets=True)))
+    return build_model_for("cross_regression", **overrides)
 
 
 def test_regresses_each_missing_entry_from_the_mean_of_the_available_ones() -> None:
@@ -31,7 +17,7 @@ def test_regresses_each_missing_entry_from_the_mean_of_the_available_ones() -> N
     mask = np.ones((24, 3), dtype=bool)
     mask[[0, 3], 0] = False
     mask[[1, 3], 2] = False
-    batch = batch_with(data, mask, np.ones((24, 3), dtype=bool))
+    batch = train_batch(data, mask, np.ones((24, 3), dtype=bool))
     with torch.no_grad():
         output = model(batch)
         features = model.extractors(batch)
@@ -51,7 +37,7 @@ def test_regresses_each_missing_entry_from_the_mean_of_the_available_ones() -> N
 def test_nothing_is_recovered_when_nothing_is_missing() -> None:
     model, data = build()
     model.eval()
-    output = model(batch_with(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool)))
+    output = model(train_batch(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool)))
     assert output["recovered"] == {}
 
 
@@ -62,11 +48,11 @@ def test_reconstruction_covers_only_entries_with_real_features() -> None:
     mask[0, 0] = False
     present = np.ones((24, 3), dtype=bool)
     present[0, 0] = False
-    batch = batch_with(data, mask, present)
+    batch = train_batch(data, mask, present)
     output = model(batch)
     assert model.loss(output, batch)["reconstruction"].item() == 0.0
     present[0, 0] = True
-    batch = batch_with(data, mask, present)
+    batch = train_batch(data, mask, present)
     losses = model.loss(output, batch)
     index = torch.tensor([0])
     real = model.target_features("text", batch, index)
@@ -81,7 +67,7 @@ def test_fitting_the_reconstruction_lowers_it() -> None:
     model.train()
     mask = np.ones((24, 3), dtype=bool)
     mask[::2, 0] = False
-    batch = batch_with(data, mask, np.ones((24, 3), dtype=bool))
+    batch = train_batch(data, mask, np.ones((24, 3), dtype=bool))
     optimizer = torch.optim.Adam(model.regressors.parameters(), lr=1e-2)
     first = None
     for _ in range(30):

@@ -5,25 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.conftest import small_config, tiny_dataset
-
-from dicmor.data.batches import Batches
-from dicmor.models.base import DataInfo
-from dicmor.registry import build_model
+from tests.conftest import build_model_for, train_batch
 
 
 def build(**overrides: object):
-    torch.manual_seed(0)
-    data = tiny_dataset("regression")
-    config = small_config("dicmor", **overrides)
-    return build_model(DataInfo.from_dataset(data), config.model), data
-
-
-def batch_with(data, mask: np.ndarray, present: np.ndarray | None = None) -> dict:
-    split = data.splits["train"]
-    if present is not None:
-        split.present[:] = present
-    return next(iter(Batches(split, data.modality_names, mask, 8, with_targets=True)))
+    return build_model_for("dicmor", **overrides)
 
 
 def test_recovers_exactly_the_missing_entries() -> None:
@@ -33,7 +19,7 @@ def test_recovers_exactly_the_missing_entries() -> None:
     mask[[1, 3], 2] = False
     mask[0, 1] = True
     model.train()
-    output = model(batch_with(data, mask, np.ones((24, 3), dtype=bool)))
+    output = model(train_batch(data, mask, np.ones((24, 3), dtype=bool)))
     recovered = {m: index.tolist() for m, (index, _) in output["recovered"].items()}
     assert recovered == {"text": [0, 3], "vision": [1, 3]}
     latents = {m: index.tolist() for m, (index, _, _) in output["latents"].items()}
@@ -43,7 +29,7 @@ def test_recovers_exactly_the_missing_entries() -> None:
         "vision": [0, 2, 4, 5, 6, 7],
     }
     # Present modalities keep their own features; recovered ones are filled in.
-    features = model.extractors(batch_with(data, mask))
+    features = model.extractors(train_batch(data, mask))
     assert torch.equal(output["features"]["audio"], features["audio"])
     assert torch.equal(output["features"]["text"][1], features["text"][1])
     assert output["features"]["text"][0].abs().sum() > 0
@@ -52,7 +38,7 @@ def test_recovers_exactly_the_missing_entries() -> None:
 def test_nothing_is_recovered_or_encoded_at_inference_when_nothing_is_missing() -> None:
     model, data = build()
     model.eval()
-    output = model(batch_with(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool)))
+    output = model(train_batch(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool)))
     assert output["recovered"] == {} and output["latents"] == {}
 
 
@@ -63,13 +49,13 @@ def test_genuinely_absent_entries_are_no_reconstruction_target() -> None:
     mask[0, 0] = False  # text of sample 0 hidden by the protocol...
     present = np.ones((24, 3), dtype=bool)
     present[0, 0] = False  # ...and genuinely absent
-    batch = batch_with(data, mask, present)
+    batch = train_batch(data, mask, present)
     output = model(batch)
     assert 0 in output["recovered"]["text"][0].tolist()
     losses = model.loss(output, batch)
     assert losses["reconstruction"].item() == 0.0
     present[0, 0] = True
-    losses = model.loss(output, batch_with(data, mask, present))
+    losses = model.loss(output, train_batch(data, mask, present))
     assert losses["reconstruction"].item() > 0.0
 
 
@@ -80,7 +66,7 @@ def test_labels_enter_only_the_loss() -> None:
     model.train()
     mask = np.ones((24, 3), dtype=bool)
     mask[:4, 1] = False
-    batch = batch_with(data, mask)
+    batch = train_batch(data, mask)
     torch.manual_seed(1)
     first = model(batch)
     other = dict(batch, label=-batch["label"])
@@ -103,7 +89,7 @@ def test_options_train_and_recover(overrides: dict) -> None:
     mask = np.ones((24, 3), dtype=bool)
     mask[:3, 0] = False
     mask[3:5, 1:] = False
-    batch = batch_with(data, mask)
+    batch = train_batch(data, mask)
     output = model(batch)
     losses = model.loss(output, batch)
     losses["total"].backward()
@@ -115,7 +101,7 @@ def test_options_train_and_recover(overrides: dict) -> None:
 
 def test_validation_on_complete_data_still_counts_the_flow_nll() -> None:
     model, data = build()
-    batch = batch_with(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool))
+    batch = train_batch(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool))
     model.train()
     model.loss(model(batch), batch)  # data-dependent initialisations
     model.eval()
@@ -128,7 +114,7 @@ def test_validation_on_complete_data_still_counts_the_flow_nll() -> None:
 def test_prior_starts_at_the_class_means_of_the_first_latents() -> None:
     model, data = build()
     model.train()
-    batch = batch_with(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool))
+    batch = train_batch(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool))
     output = model(batch)
     assert not model.prior_initialized
     model.loss(output, batch)
@@ -147,7 +133,7 @@ def test_recovered_values_stay_within_the_range_of_real_features() -> None:
     model, data = build()
     model.train()
     mask = np.ones((24, 3), dtype=bool)
-    batch = batch_with(data, mask)
+    batch = train_batch(data, mask)
     model(batch)
     bound = model.feature_bound.clone()
     assert (bound > 0).all()
@@ -158,6 +144,6 @@ def test_recovered_values_stay_within_the_range_of_real_features() -> None:
     mask[:4, 0] = False
     model.eval()
     with torch.no_grad():
-        output = model(batch_with(data, mask))
+        output = model(train_batch(data, mask))
     assert torch.isfinite(output["prediction"]).all()
     assert torch.equal(model.feature_bound, bound)  # evaluation does not move the bound
