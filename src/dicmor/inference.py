@@ -38,8 +38,8 @@ class Prediction:
         scores: (N,) regression scores, or (N, K) class probabilities.
         labels: (N,) predicted classes (classification) or ``None``.
         available: (N, M) bool, what each prediction used.
-        features: {modality: (N, d, T')} shallow features with the missing entries recovered
-            (zero for methods that do not recover), when asked for.
+        features: {modality: (N, d, T')} the shallow features the fusion saw, missing entries
+            recovered or filled in as the method does (zeros for zero-fill), when asked for.
     """
 
     ids: np.ndarray
