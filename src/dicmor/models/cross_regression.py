@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from dicmor.config import ModelConfig
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo
 from dicmor.models.extractors import ShallowExtractors
-from dicmor.models.recovery import Recovering
+from dicmor.models.recovery import Recovering, missing_subsets
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
@@ -34,11 +33,9 @@ class CrossModalRegression(Recovering):
         options = config.dicmor
         dim = config.mult.dim
         self.extractors = ShallowExtractors(info, config)
-        self.regressors = nn.ModuleDict(
-            {
-                m: RefinementNetwork(dim, options.refine_blocks, options.refine_reduction)
-                for m in info.modality_names
-            }
+        # One regression network per modality, run as the groups of one module.
+        self.regressors = RefinementNetwork(
+            dim, options.refine_blocks, options.refine_reduction, groups=len(info.modality_names)
         )
         self.fusion = MulT(info.modality_names, config.mult, info.output_dim)
 
@@ -56,14 +53,21 @@ class CrossModalRegression(Recovering):
             count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
             # Unavailable modalities' features are zeros, and weighted 0 besides.
             source = torch.einsum("mbct,bm->bct", stacked, weights) / count[:, None, None]
+            estimates = {}
+            # Modalities missing from the same samples are regressed together.
+            for index, targets in missing_subsets(available):
+                inputs = source.index_select(0, index)  # (n, d, T')
+                stacked = self.regressors(
+                    inputs.expand(len(targets), *inputs.shape), group=targets
+                )  # (len(targets), n, d, T')
+                for j, x in zip(targets, stacked.unbind(0), strict=True):
+                    estimates[j] = (index, x)
             filled = dict(features)
             for j, m in enumerate(names):
-                index = (~available[:, j]).nonzero().squeeze(1)
-                if index.numel() == 0:
-                    continue
-                estimate = self.regressors[m](source.index_select(0, index))  # (n, d, T')
-                filled[m] = features[m].index_copy(0, index, estimate)
-                recovered[m] = (index, estimate)
+                if j in estimates:
+                    index, estimate = estimates[j]
+                    filled[m] = features[m].index_copy(0, index, estimate)
+                    recovered[m] = (index, estimate)
             features = filled
         prediction = self.fusion(features)
         if self.info.task == "regression":

@@ -26,7 +26,7 @@ from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo
 from dicmor.models.extractors import ShallowExtractors
-from dicmor.models.recovery import Recovering
+from dicmor.models.recovery import Recovering, missing_subsets
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
@@ -50,11 +50,9 @@ class DiCMoR(Recovering):
             groups=len(names),
         )
         self.prior = ClassConditionalPrior(info.prior_classes, dim)
-        self.refiners = nn.ModuleDict(
-            {
-                m: RefinementNetwork(dim, options.refine_blocks, options.refine_reduction)
-                for m in names
-            }
+        # One refinement network per modality, run as the groups of one module.
+        self.refiners = RefinementNetwork(
+            dim, options.refine_blocks, options.refine_reduction, groups=len(names)
         )
         self.mergers = (
             nn.ModuleDict({m: nn.Conv1d((len(names) - 1) * dim, dim, 1) for m in names})
@@ -164,38 +162,33 @@ class DiCMoR(Recovering):
             # The mean of the available latents does not depend on which modality is decoded.
             count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
             fused = torch.einsum("mbct,bm->bct", full, weights) / count[:, None, None]
-        # Modalities missing from the same samples (a whole batch keeping one modality, or a
-        # single sample) decode together, in one inverse pass of their flow groups.
-        subsets: dict[tuple[int, ...], tuple[torch.Tensor, list[int]]] = {}
-        for j in range(len(names)):
-            index = (~available[:, j]).nonzero().squeeze(1)
-            if index.numel() > 0:
-                subsets.setdefault(tuple(index.tolist()), (index, []))[1].append(j)
-        decodings: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for index, targets in subsets.values():
+        refinements: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Modalities missing from the same samples decode and refine together.
+        for index, targets in missing_subsets(available):
             if fused is None:
-                for j in targets:
-                    decodings[j] = (index, self._decode_merge(j, full[:, index], weights[index]))
-                continue
-            latent = fused.index_select(0, index)  # (n, d, T')
-            # No gradient reaches the flows through the recovery (SPEC §5.5).
-            with torch.no_grad():
-                decoded = self.flows.inverse(
-                    latent.expand(len(targets), *latent.shape), group=targets
+                decoded = torch.stack(
+                    [self._decode_merge(j, full[:, index], weights[index]) for j in targets]
                 )  # (len(targets), n, d, T')
-            for j, x in zip(targets, decoded.unbind(0), strict=True):
-                decodings[j] = (index, x)
+            else:
+                latent = fused.index_select(0, index)  # (n, d, T')
+                # No gradient reaches the flows through the recovery (SPEC §5.5).
+                with torch.no_grad():
+                    decoded = self.flows.inverse(
+                        latent.expand(len(targets), *latent.shape), group=targets
+                    )  # (len(targets), n, d, T')
+            bound = self.feature_bound[targets][:, None, None, None]
+            decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
+            # Their refinement networks run together too, as the groups of one module.
+            refined = self.refiners(decoded, group=targets)  # (len(targets), n, d, T')
+            for j, x in zip(targets, refined.unbind(0), strict=True):
+                refinements[j] = (index, x)
         filled = dict(features)
         recovered = {}
         for j, m in enumerate(names):
-            if j not in decodings:
-                continue
-            index, decoded = decodings[j]
-            bound = self.feature_bound[j]
-            decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
-            refined = self.refiners[m](decoded)  # (n, d, T')
-            filled[m] = features[m].index_copy(0, index, refined)
-            recovered[m] = (index, refined)
+            if j in refinements:
+                index, refined = refinements[j]
+                filled[m] = features[m].index_copy(0, index, refined)
+                recovered[m] = (index, refined)
         return filled, recovered
 
     def _decode_merge(

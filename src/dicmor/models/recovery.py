@@ -7,6 +7,19 @@ import torch
 from dicmor.models.two_stage import TwoStage
 
 
+def missing_subsets(available: torch.Tensor) -> list[tuple[torch.Tensor, list[int]]]:
+    """Group the modalities by the samples that miss them: ``[(index (n,), [j, ...]), ...]``,
+    one entry per distinct non-empty set of samples, so that modalities missing from the same
+    samples (a whole batch keeping one modality, or a single sample) are recovered in one pass of
+    their grouped networks. ``available: (B, M)`` bool."""
+    subsets: dict[tuple[int, ...], tuple[torch.Tensor, list[int]]] = {}
+    for j in range(available.shape[1]):
+        index = (~available[:, j]).nonzero().squeeze(1)
+        if index.numel() > 0:
+            subsets.setdefault(tuple(index.tolist()), (index, []))[1].append(j)
+    return list(subsets.values())
+
+
 class Recovering(TwoStage):
     """A two-stage method whose ``forward`` output carries ``recovered``:
     ``{m: (index (n,), features (n, d, T'))}`` for the samples missing modality m."""
