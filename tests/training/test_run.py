@@ -220,3 +220,46 @@ def test_other_protocols_run_end_to_end(
             assert (mask[:8].sum(axis=1) == 1).all()
             assert (mask[8:16].sum(axis=1) == 2).all()
             assert mask[16:].all()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:100]), "unreadable"),
+        (
+            lambda path: torch.save(
+                {f"old.{k}": v for k, v in torch.load(path, weights_only=True).items()}, path
+            ),
+            "not this model's",
+        ),
+    ],
+    ids=["truncated", "other-layout"],
+)
+def test_a_cached_stage_that_does_not_fit_is_trained_again(
+    damage, reason: str, tmp_path: Path
+) -> None:
+    data = tiny_dataset("regression")
+    config = with_protocol(
+        small_config("dicmor", **{"output_dir": str(tmp_path)}), MissingProtocol("random", 0.3)
+    )
+    quiet_run(config, data)
+    (cached,) = (tmp_path / "cache").glob("dicmor-complete-*.pt")
+    damage(cached)
+    messages: list[str] = []
+    again = run_experiment(config, dataset=data, log=messages.append)
+    assert set(again.stages) == {"complete", "missing"}
+    assert any(f"not reusing {cached}" in m and reason in m for m in messages), messages
+    # The stage trained again and its weights replaced the bad entry.
+    state = torch.load(cached, weights_only=True)
+    assert set(state) == set(again.model.state_dict())
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+
+def test_the_stage_cache_is_keyed_by_the_code_version(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    data = tiny_dataset("regression")
+    config = small_config("dicmor", **{"output_dir": str(tmp_path)})
+    first = run_module._stage_cache_path(config, data, "complete")
+    monkeypatch.setattr(run_module, "code_version", lambda: "0.0.0+other")
+    assert run_module._stage_cache_path(config, data, "complete") != first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import subprocess
 import time
@@ -127,8 +128,10 @@ def _fingerprint(dataset: MultimodalDataset) -> str:
 
 
 def _stage_cache_path(config: Config, dataset: MultimodalDataset, stage: str) -> Path:
-    """Where a complete-data stage's weights are cached: keyed by everything but the protocol."""
+    """Where a complete-data stage's weights are cached: keyed by everything but the protocol,
+    and by the code version, so weights trained by other code are not reused."""
     key = to_dict(config)
+    key["code"] = code_version()
     key.pop("missing")
     key.pop("output_dir")
     key["train"].pop("progress")
@@ -136,6 +139,22 @@ def _stage_cache_path(config: Config, dataset: MultimodalDataset, stage: str) ->
     key["stage"] = stage
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.output_dir) / "cache" / f"{config.model.method}-{stage}-{digest}.pt"
+
+
+def _load_cached(model: MultimodalModel, path: Path, device: torch.device) -> str | None:
+    """Load cached stage weights into ``model``; or, leaving ``model`` as it is, say why not."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # any unreadable file: a truncated write, another format
+        return f"unreadable: {type(error).__name__}"
+    expected = model.state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected):
+        return "its parameters are not this model's"
+    mismatched = [k for k, v in expected.items() if tuple(state[k].shape) != tuple(v.shape)]
+    if mismatched:
+        return f"{mismatched[0]} has another shape"
+    model.load_state_dict(state)
+    return None
 
 
 def training_batches(
@@ -220,9 +239,11 @@ def run_experiment(
         stage_masks = presents if stage.complete_data else masks
         cache = _stage_cache_path(config, dataset, stage.name) if stage.complete_data else None
         if cache is not None and cache.exists():
-            model.load_state_dict(torch.load(cache, map_location=device, weights_only=True))
-            log(f"{stage.name}: reusing cached weights {cache}")
-            continue
+            problem = _load_cached(model, cache, device)
+            if problem is None:
+                log(f"{stage.name}: reusing cached weights {cache}")
+                continue
+            log(f"{stage.name}: not reusing {cache} ({problem}); training the stage again")
         train, valid = training_batches(dataset, stage_masks, train_cfg, device)
         result = fit(model, train, valid, train_cfg, max_epochs=stage.max_epochs, desc=stage.name)
         stages[stage.name] = result
@@ -232,7 +253,10 @@ def run_experiment(
         )
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), cache)
+            # Written whole or not at all: an interrupted run leaves no truncated cache entry.
+            partial = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            torch.save(model.state_dict(), partial)
+            partial.replace(cache)
 
     metrics, predictions = evaluate(
         model,
