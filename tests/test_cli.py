@@ -230,3 +230,16 @@ def test_demo_compares_methods_over_rates(
     assert sorted(methods) == ["dicmor", "dicmor", "zero_fill", "zero_fill"]
     assert sum("0.3" in row for row in rows) == 2
     assert len(list(tmp_path.iterdir())) >= 4
+
+
+def test_sweep_runs_every_protocol_given(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    settings = [arg for item in SHRUNK for arg in ("--set", item)]
+    argv = ["sweep", str(workspace / "tiny.yaml"), "--methods", "zero_fill", *settings]
+    argv += ["--missing", "random:0.3", "fixed:a+c", "legacy-batch:0.5", "--seeds", "1", "2"]
+    argv += ["--output-dir", str(tmp_path)]
+    assert main(argv) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [row.split()[0] for row in rows] == ["random", "fixed", "legacy-batch"]
+    assert all(" zero_fill  2 " in row for row in rows), rows  # two seeds each

@@ -152,10 +152,10 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None) -> None:
 
     base = _config_from_args(args)
     methods = args.methods or [m for m in ("zero_fill", "dicmor") if m in model_names()]
-    if args.missing:
+    if args.protocols:
         protocols = [
             MissingProtocol.from_string(text, batch_size=base.train.batch_size)
-            for text in args.missing
+            for text in args.protocols
         ]
     else:
         protocols = [
@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--missing",
             nargs="+",
+            dest="protocols",
             help="protocols instead of --rates, e.g. "
             "fixed:text fixed:audio+vision legacy-batch:0.5",
         )
