@@ -31,6 +31,7 @@ METHODS = ("zero_fill", "zero_fill_pretrained", "cross_regression", "dicmor")
 RECOVERING = ("cross_regression", "dicmor")
 # The learning test's settings on the ``tiny`` preset's model.
 SETTINGS = {
+    "model.kernel_size": 2,
     "model.dicmor.reconstruction_weight": 10.0,
     "train.batch_size": 32,
     "train.lr": 3e-3,

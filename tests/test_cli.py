@@ -243,3 +243,22 @@ def test_sweep_runs_every_protocol_given(
     rows = table_rows(capsys.readouterr().out)
     assert [row.split()[0] for row in rows] == ["random", "fixed", "legacy-batch"]
     assert all(" zero_fill  2 " in row for row in rows), rows  # two seeds each
+
+
+def test_a_model_that_does_not_fit_the_data_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # The embedded digits have one time step: a temporal kernel of 3 cannot run on them.
+    argv = ["train", "tiny", "--set", "model.kernel_size=3", "--output-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.kernel_size 3 exceeds the length 1")
+    assert "\n" not in err
+
+
+def test_an_unknown_method_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["train", "tiny", "--method", "nope", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.method: unknown method 'nope'") and "\n" not in err

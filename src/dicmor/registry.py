@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dicmor.config import ConfigError
+
 if TYPE_CHECKING:
     from dicmor.config import ModelConfig
     from dicmor.models.base import DataInfo, MultimodalModel
@@ -36,7 +38,7 @@ def get_model_class(name: str) -> type[MultimodalModel]:
     """The class registered under ``name``; unknown names list the known ones."""
     names = model_names()
     if name not in _MODELS:
-        raise ValueError(f"unknown method '{name}' (known: {', '.join(names)})")
+        raise ConfigError(f"model.method: unknown method '{name}' (known: {', '.join(names)})")
     return _MODELS[name]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dicmor.config import ModelConfig
+from dicmor.config import ConfigError, ModelConfig
 from dicmor.models.base import DataInfo
 from dicmor.nn.temporal import TemporalConv
 
@@ -53,14 +53,14 @@ class ShallowExtractors(nn.Module):
         dims = dict(info.feature_dims)
         if config.text_encoder is not None:
             if "text" not in info.modality_names or not info.has_text_tokens:
-                raise ValueError(
+                raise ConfigError(
                     "model.text_encoder needs a 'text' modality with text_bert tokens in the data"
                 )
             self.text_encoder = TextEncoder(config.text_encoder)
             dims["text"] = self.text_encoder.hidden_size
         for m in info.modality_names:
             if info.seq_lens[m] < config.kernel_size:
-                raise ValueError(
+                raise ConfigError(
                     f"model.kernel_size {config.kernel_size} exceeds the length "
                     f"{info.seq_lens[m]} of modality '{m}'"
                 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dicmor.config import ModelConfig
+from dicmor.config import ConfigError, ModelConfig
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo, MultimodalModel, Output
 from dicmor.models.extractors import ShallowExtractors
@@ -76,7 +76,7 @@ class MeanFill(ZeroFill):
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         if config.text_encoder is not None:
-            raise ValueError(
+            raise ConfigError(
                 "model.text_encoder: mean_fill fills raw feature inputs and has no mean for "
                 "text tokens; use zero_fill or dicmor with a text encoder"
             )
