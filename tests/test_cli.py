@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from dicmor.cli import build_parser, main
@@ -262,3 +263,28 @@ def test_an_unknown_method_is_a_one_line_error(
     assert main(["train", "tiny", "--method", "nope", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model.method: unknown method 'nope'") and "\n" not in err
+
+
+def test_a_flow_too_narrow_to_split_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    settings = [
+        "--method",
+        "dicmor",
+        "--set",
+        "model.mult.dim=1",
+        "--set",
+        "model.mult.num_heads=1",
+    ]
+    assert main(["train", "tiny", *settings, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: model.mult.dim must be >= 2 for dicmor") and "\n" not in err
+
+
+def test_an_unavailable_device_is_a_one_line_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["train", "tiny", "--device", "cuda", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: train.device is cuda but CUDA is not available on this machine"

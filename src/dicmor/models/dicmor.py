@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dicmor.config import ModelConfig
+from dicmor.config import ConfigError, ModelConfig
 from dicmor.data.labels import prior_classes
 from dicmor.flows.glow import Flow
 from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
@@ -40,6 +40,11 @@ class DiCMoR(Recovering):
         options = config.dicmor
         dim = config.mult.dim
         names = info.modality_names
+        if dim < 2:
+            raise ConfigError(
+                f"model.mult.dim must be >= 2 for dicmor, got {dim}: its flows split the "
+                "feature channels in two halves"
+            )
         self.extractors = ShallowExtractors(info, config)
         # One flow per modality, run as the groups of one grouped flow (group j = modality j).
         self.flows = Flow(

@@ -23,7 +23,15 @@ import torch
 import yaml
 
 import dicmor
-from dicmor.config import Config, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from dicmor.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    to_dict,
+)
 from dicmor.data import load_dataset
 from dicmor.data.batches import Batches
 from dicmor.data.dataset import DataError, MultimodalDataset
@@ -61,7 +69,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name} but CUDA is not available on this machine")
+        raise ConfigError(f"train.device is {name} but CUDA is not available on this machine")
     return torch.device(name)
 
 
