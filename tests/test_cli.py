@@ -288,3 +288,30 @@ def test_an_unavailable_device_is_a_one_line_error(
     assert main(["train", "tiny", "--device", "cuda", "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: train.device is cuda but CUDA is not available on this machine"
+
+
+def test_evaluate_on_every_subset_of_modalities(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    log = trained / "main" / "evaluations.jsonl"
+    before = log.read_text().splitlines() if log.exists() else []
+    assert main(["evaluate", str(trained / "main"), "--subsets"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    subsets = ["{a}", "{b}", "{c}", "{a,b}", "{a,c}", "{b,c}", "{a,b,c}"]
+    assert [row.split()[2] for row in rows] == subsets
+    records = [json.loads(line) for line in log.read_text().splitlines()[len(before) :]]
+    assert [r["protocol"] for r in records] == [f"fixed {s}" for s in subsets]
+    # Each row is the fixed protocol's own evaluation.
+    assert main(["evaluate", str(trained / "main"), "--missing", "fixed:a+c"]) == 0
+    single = json.loads(log.read_text().splitlines()[-1])
+    assert single["metrics"] == records[4]["metrics"]
+
+
+def test_evaluate_takes_one_way_of_choosing_masks(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["evaluate", str(trained / "main"), "--subsets", "--missing", "random:0.3"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: evaluate: give at most one of --missing, --masks and --subsets"
+    )

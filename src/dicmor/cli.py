@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -72,51 +73,67 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from dicmor.reporting.tables import metrics_table
     from dicmor.training.run import load_checkpoint, load_data, resolve_device
 
+    if sum(bool(option) for option in (args.masks, args.missing, args.subsets)) > 1:
+        raise ConfigError("evaluate: give at most one of --missing, --masks and --subsets")
     device = resolve_device(args.device or "cpu")
     model, config = load_checkpoint(args.run, device)
     dataset = load_data(config.data)
     names = dataset.modality_names
+    settings: list[tuple[str, dict[str, np.ndarray]]] = []  # (label, masks) to evaluate
     if args.masks:
         masks, mask_names = load_masks(args.masks)
         if tuple(mask_names) != names:
             raise DataError(f"{args.masks}: masks are for modalities {mask_names}, not {names}")
-        label = f"masks {Path(args.masks).name}"
+        settings.append((f"masks {Path(args.masks).name}", masks))
     else:
-        protocol = (
-            MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size)
-            if args.missing
-            else config.missing
-        )
+        if args.subsets:
+            # Every non-empty subset of modalities kept, smallest first.
+            protocols = [
+                MissingProtocol("fixed", keep=subset)
+                for size in range(1, len(names) + 1)
+                for subset in itertools.combinations(names, size)
+            ]
+        elif args.missing:
+            protocols = [
+                MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size)
+            ]
+        else:
+            protocols = [config.missing]
         seed = args.seed if args.seed is not None else config.train.seed
         presents = {s: split.present for s, split in dataset.splits.items()}
-        masks = make_masks(protocol, presents, names, seed)
-        label = str(protocol)
-    if args.split not in masks:
-        raise DataError(f"{args.masks}: no mask for split '{args.split}'")
-    expected = dataset.splits[args.split].present.shape
-    if masks[args.split].shape != expected:
-        raise DataError(
-            f"{args.masks or 'masks'}: split '{args.split}' has a mask of shape "
-            f"{masks[args.split].shape}, the data needs {expected}"
+        for protocol in protocols:
+            settings.append((str(protocol), make_masks(protocol, presents, names, seed)))
+    rows = []
+    for label, masks in settings:
+        if args.split not in masks:
+            raise DataError(f"{args.masks}: no mask for split '{args.split}'")
+        expected = dataset.splits[args.split].present.shape
+        if masks[args.split].shape != expected:
+            raise DataError(
+                f"{args.masks or 'masks'}: split '{args.split}' has a mask of shape "
+                f"{masks[args.split].shape}, the data needs {expected}"
+            )
+        metrics, _ = evaluate(
+            model,
+            dataset.splits[args.split],
+            names,
+            masks[args.split],
+            batch_size=config.train.batch_size,
+            device=device,
         )
-    metrics, _ = evaluate(
-        model,
-        dataset.splits[args.split],
-        names,
-        masks[args.split],
-        batch_size=config.train.batch_size,
-        device=device,
-    )
-    row = {
-        "method": config.model.method,
-        "protocol": label,
-        "split": args.split,
-        "metrics": metrics,
-    }
-    print(metrics_table([row], model.info.task, ["method", "protocol", "split"]))
+        rows.append(
+            {
+                "method": config.model.method,
+                "protocol": label,
+                "split": args.split,
+                "metrics": metrics,
+            }
+        )
+    print(metrics_table(rows, model.info.task, ["method", "protocol", "split"]))
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     with open(run_dir / "evaluations.jsonl", "a") as handle:
-        handle.write(json.dumps(row) + "\n")
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -242,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--missing", help="protocol (default: the run's own)")
     ev.add_argument("--seed", type=int, help="mask seed (default: the run's seed)")
     ev.add_argument("--masks", help="a masks.npz to use instead of a protocol")
+    ev.add_argument(
+        "--subsets",
+        action="store_true",
+        help="evaluate with every non-empty subset of modalities kept, one row each",
+    )
     ev.add_argument("--split", default="test", choices=["train", "valid", "test"])
     ev.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     ev.set_defaults(func=cmd_evaluate)
