@@ -192,6 +192,22 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"plot written to {out}")
 
 
+def cmd_table(args: argparse.Namespace) -> None:
+    """Print (or write) a sweep's table as text, Markdown, LaTeX or CSV, mean ± std over seeds."""
+    from dicmor.reporting.plots import read_summary
+    from dicmor.reporting.tables import metrics_table
+
+    summary = read_summary(args.sweep)
+    table = metrics_table(
+        summary["rows"], summary["task"], ["protocol", "method", "n"], args.format, args.metrics
+    )
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+        print(f"table written to {args.out}")
+    else:
+        print(table)
+
+
 def cmd_data_inspect(args: argparse.Namespace) -> None:
     """Print splits, modalities, shapes, label statistics, non-finite and missing counts."""
     from dicmor.config import DataConfig
@@ -313,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--metric", help="metric key, e.g. acc2_non0, f1_non0, acc7, mae, acc")
     plot.add_argument("--out", default="sweep.png", help="image to write (.png, .pdf, .svg)")
     plot.set_defaults(func=cmd_plot)
+
+    table = commands.add_parser("table", help=cmd_table.__doc__, description=cmd_table.__doc__)
+    table.add_argument("sweep", help="a sweep's output folder (holding summary.json) or the file")
+    table.add_argument("--format", default="text", help="text, markdown, latex or csv")
+    table.add_argument(
+        "--metrics", nargs="+", help="metric keys to show, e.g. acc2_non0 f1_non0 (default: all)"
+    )
+    table.add_argument("--out", help="write the table to this file instead of printing it")
+    table.set_defaults(func=cmd_table)
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -47,3 +47,17 @@ def test_plot_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert (tmp_path / "f.png").stat().st_size > 0
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
     assert "no sweep summary" in capsys.readouterr().err
+
+
+def test_table_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = [row("none", "none", 0.0, "m", 0.9), row("random MR=0.50", "random", 0.5, "m", 0.7)]
+    (tmp_path / "summary.json").write_text(json.dumps({"task": "classification", "rows": rows}))
+    assert main(["table", str(tmp_path), "--format", "markdown", "--metrics", "acc"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| protocol | method | n | Acc |"
+    assert lines[3] == "| random MR=0.50 | m | 2 | 70.0 ± 1.0 |"
+    out = tmp_path / "t.tex"
+    assert main(["table", str(tmp_path), "--format", "latex", "--out", str(out)]) == 0
+    assert out.read_text().startswith(r"\begin{tabular}")
+    assert main(["table", str(tmp_path), "--metrics", "acc7"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown metric 'acc7'")

@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # files only: no display is needed or assumed
 
 import matplotlib.pyplot as plt
 
+from dicmor.config import ConfigError
 from dicmor.evaluation.metrics import PERCENT_METRICS, PRIMARY_METRIC, metric_labels
 
 
@@ -33,7 +34,7 @@ def plot_summary(summary: dict, out: str | Path, metric: str | None = None) -> P
     rows = summary["rows"]
     metric = metric or PRIMARY_METRIC[summary["task"]]
     if metric not in rows[0]["metrics"]:
-        raise ValueError(f"unknown metric '{metric}' (have: {', '.join(rows[0]['metrics'])})")
+        raise ConfigError(f"unknown metric '{metric}' (have: {', '.join(rows[0]['metrics'])})")
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by_rate = all(r["kind"] in ("none", "random", "legacy-batch") for r in rows)

@@ -1,12 +1,18 @@
-"""Plain-text tables of metrics; values are rounded only here, when printing."""
+"""Tables of metrics: plain text, Markdown, LaTeX or CSV. Values are rounded only here, when
+printing, and not at all in CSV."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 
 import numpy as np
 
+from dicmor.config import ConfigError
 from dicmor.evaluation.metrics import METRIC_NAMES, PERCENT_METRICS, metric_labels
+
+TABLE_FORMATS = ("text", "markdown", "latex", "csv")
 
 
 def format_value(key: str, value: float, spread: float | None = None) -> str:
@@ -19,24 +25,79 @@ def format_value(key: str, value: float, spread: float | None = None) -> str:
     return text
 
 
-def metrics_table(rows: Sequence[dict], task: str, leading: Sequence[str]) -> str:
-    """A fixed-width table: ``leading`` columns taken from each row, then the task's metrics.
+def metric_keys(task: str, chosen: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The task's metrics in table order, or the ``chosen`` ones (unknown keys are an error)."""
+    keys = METRIC_NAMES[task]
+    if not chosen:
+        return keys
+    unknown = [k for k in chosen if k not in keys]
+    if unknown:
+        raise ConfigError(f"unknown metric {unknown[0]!r} for {task} (have: {', '.join(keys)})")
+    return tuple(chosen)
+
+
+def metrics_table(
+    rows: Sequence[dict],
+    task: str,
+    leading: Sequence[str],
+    fmt: str = "text",
+    metrics: Sequence[str] | None = None,
+) -> str:
+    """A table: ``leading`` columns taken from each row, then the task's metrics (or ``metrics``).
 
     Each row is a dict with the ``leading`` keys and a ``metrics`` dict; an optional ``std``
-    dict of the same keys prints as ``mean ± std``.
+    dict of the same keys prints as ``mean ± std``. ``fmt`` is ``text`` (fixed width),
+    ``markdown``, ``latex`` (a ``tabular``) or ``csv`` (unrounded values, ``_std`` columns).
     """
-    keys = METRIC_NAMES[task]
+    keys = metric_keys(task, metrics)
+    if fmt == "csv":
+        return _csv_table(rows, leading, keys)
     header = [*leading, *(metric_labels[k] for k in keys)]
     body = [
         [str(row[c]) for c in leading]
         + [format_value(k, row["metrics"][k], row.get("std", {}).get(k)) for k in keys]
         for row in rows
     ]
+    if fmt == "markdown":
+        align = ["---"] * len(leading) + ["---:"] * len(keys)
+        lines = [header, align, *body]
+        return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in lines)
+    if fmt == "latex":
+        spec = "l" * len(leading) + "r" * len(keys)
+        lines = [" & ".join(_latex(c) for c in r) + r" \\" for r in [header, *body]]
+        begin, end = rf"\begin{{tabular}}{{{spec}}}", r"\end{tabular}"
+        rules = (r"\toprule", r"\midrule", r"\bottomrule")
+        return "\n".join([begin, rules[0], lines[0], rules[1], *lines[1:], rules[2], end])
+    if fmt != "text":
+        raise ConfigError(f"unknown table format {fmt!r} (have: {', '.join(TABLE_FORMATS)})")
+    return _text_table(header, body, len(leading))
+
+
+def _latex(cell: str) -> str:
+    """A cell in LaTeX: special characters escaped, ``±`` as ``$\\pm$``."""
+    for char in "&%$#_{}":
+        cell = cell.replace(char, "\\" + char)
+    return cell.replace("±", r"$\pm$")
+
+
+def _csv_table(rows: Sequence[dict], leading: Sequence[str], keys: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*leading, *(c for k in keys for c in (k, f"{k}_std"))])
+    for row in rows:
+        spread = row.get("std", {})
+        values = [v for k in keys for v in (row["metrics"][k], spread.get(k, ""))]
+        writer.writerow([*(row[c] for c in leading), *values])
+    return out.getvalue().rstrip("\n")
+
+
+def _text_table(header: list[str], body: list[list[str]], leading: int) -> str:
+    """Fixed width: leading columns left-aligned, metrics right-aligned."""
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
         return "  ".join(
-            c.rjust(w) if i >= len(leading) else c.ljust(w)
+            c.rjust(w) if i >= leading else c.ljust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
