@@ -244,6 +244,11 @@ def test_sweep_runs_every_protocol_given(
     rows = table_rows(capsys.readouterr().out)
     assert [row.split()[0] for row in rows] == ["random", "fixed", "legacy-batch"]
     assert all(" zero_fill  2 " in row for row in rows), rows  # two seeds each
+    # Started again, the sweep reuses its finished runs; --rerun trains them again.
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("finished in") == 6
+    assert main([*argv, "--rerun"]) == 0
+    assert "finished in" not in capsys.readouterr().out
 
 
 def test_a_model_that_does_not_fit_the_data_is_a_one_line_error(

@@ -155,15 +155,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Train each method at several missing rates on the embedded dataset; print one table."""
-    _sweep(args, seeds=[args.seed] if args.seed is not None else None)
+    _sweep(args, seeds=[args.seed] if args.seed is not None else None, resume=False)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Train methods × missing protocols × seeds on the same masks; print mean ± std."""
-    _sweep(args, seeds=args.seeds)
+    _sweep(args, seeds=args.seeds, resume=not args.rerun)
 
 
-def _sweep(args: argparse.Namespace, seeds: list[int] | None) -> None:
+def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> None:
     from dicmor.evaluation.sweep import run_sweep
     from dicmor.registry import model_names
 
@@ -179,7 +179,7 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None) -> None:
             MissingProtocol(kind="random", rate=rate) if rate > 0 else MissingProtocol()
             for rate in args.rates
         ]
-    _, _, table = run_sweep(base, methods, protocols, seeds or [base.train.seed])
+    _, _, table = run_sweep(base, methods, protocols, seeds or [base.train.seed], resume=resume)
     print()
     print(table)
 
@@ -315,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
             "fixed:text fixed:audio+vision legacy-batch:0.5",
         )
         if name == "sweep":
+            sub.add_argument(
+                "--rerun",
+                action="store_true",
+                help="train every run again, even those an earlier sweep in the output folder "
+                "finished with the same settings (default: reuse them)",
+            )
             sub.add_argument(
                 "--seeds",
                 nargs="+",

@@ -37,3 +37,46 @@ def test_sweep_shares_masks_between_methods_and_aggregates(tmp_path: Path) -> No
     assert rows[0]["metrics"]["acc"] == np.mean(accs)
     assert "random MR=0.30" in table and "±" in table
     assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["n"] == 4
+
+
+def sweep_config(tmp_path: Path, **overrides: object):
+    return small_config(
+        "zero_fill",
+        **{
+            "train.max_epochs": 1,
+            "model.kernel_size": 1,
+            "output_dir": str(tmp_path),
+            "data.modalities": ["fourier", "morphological"],
+            **overrides,
+        },
+    )
+
+
+def test_a_sweep_started_again_reuses_what_it_finished(tmp_path: Path) -> None:
+    protocols = [MissingProtocol(kind="random", rate=0.3)]
+    first, _, _ = run_sweep(sweep_config(tmp_path), ["zero_fill"], protocols, [1])
+    messages: list[str] = []
+    runs, rows, _ = run_sweep(
+        sweep_config(tmp_path), ["zero_fill"], protocols, [1, 2], log=messages.append
+    )
+    assert runs[0] == first[0]  # seed 1 reused as it was
+    assert runs[1]["seed"] == 2 and runs[1]["run_dir"] != first[0]["run_dir"]
+    assert sum("finished in" in m for m in messages) == 1
+    assert rows[0]["n"] == 2
+    run_dirs = {p for p in tmp_path.iterdir() if (p / "metrics.json").is_file()}
+    assert len(run_dirs) == 2
+
+    # Other settings, a deleted run folder, or resume=False: trained again.
+    changed, _, _ = run_sweep(
+        sweep_config(tmp_path, **{"train.lr": 1e-3}), ["zero_fill"], protocols, [1]
+    )
+    assert changed[0]["run_dir"] not in {r["run_dir"] for r in runs}
+    again, _, _ = run_sweep(sweep_config(tmp_path), ["zero_fill"], protocols, [1], resume=False)
+    assert again[0]["run_dir"] != first[0]["run_dir"]
+    assert again[0]["metrics"] == first[0]["metrics"]  # deterministic, so the same numbers
+    for path in Path(again[0]["run_dir"]).iterdir():
+        path.unlink()
+    Path(again[0]["run_dir"]).rmdir()
+    messages.clear()
+    run_sweep(sweep_config(tmp_path), ["zero_fill"], protocols, [1], log=messages.append)
+    assert not any("finished in" in m for m in messages)

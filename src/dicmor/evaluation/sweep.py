@@ -2,19 +2,55 @@
 
 For a given protocol and seed, every method trains and is tested on the same masks: masks
 depend only on (dataset, split, protocol, seed), never on the method. Each run keeps its own
-folder; the sweep writes ``sweep.json`` (every run) and ``summary.json`` (the aggregates).
+folder; the sweep writes ``sweep.json`` (every run, updated after each one) and
+``summary.json`` (the aggregates).
+
+A sweep resumes: a run that ``sweep.json`` in the output folder lists as finished, with the
+same configuration, data contents and code version, is reused, not trained again, so an
+interrupted sweep started again trains only what is left.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dicmor.config import Config
+from dicmor.config import Config, to_dict
+from dicmor.data.dataset import SPLITS
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.reporting.tables import aggregate, metrics_table
-from dicmor.training.run import load_data, run_experiment
+from dicmor.training.run import code_version, fingerprint, load_data, run_experiment
+
+
+def run_key(config: Config, data_digest: str) -> str:
+    """What a run's result depends on: its whole configuration (protocol and seed included,
+    progress display and output folder not), the data's contents and the code version."""
+    key = to_dict(config)
+    key.pop("output_dir")
+    key["train"].pop("progress")
+    key["data_digest"] = data_digest
+    key["code"] = code_version()
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _finished_runs(out: Path) -> dict[str, dict]:
+    """Runs of an earlier sweep in ``out`` whose folder still holds their metrics, by key."""
+    path = out / "sweep.json"
+    if not path.is_file():
+        return {}
+    try:
+        runs = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    return {
+        run["key"]: run
+        for run in runs
+        if isinstance(run, dict)
+        and "key" in run
+        and (Path(run.get("run_dir", "")) / "metrics.json").is_file()
+    }
 
 
 def run_sweep(
@@ -24,9 +60,18 @@ def run_sweep(
     seeds: Sequence[int],
     *,
     log: Callable[[str], None] = print,
+    resume: bool = True,
 ) -> tuple[list[dict], list[dict], str]:
-    """Train every (protocol, seed, method); return the runs, the aggregates and the table."""
+    """Train every (protocol, seed, method); return the runs, the aggregates and the table.
+
+    With ``resume`` (the default) runs an earlier sweep in the same output folder finished with
+    identical settings are reused.
+    """
     dataset = load_data(base.data)
+    out = Path(base.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    finished = _finished_runs(out) if resume else {}
+    data_digest = fingerprint(dataset, SPLITS)
     runs = []
     for protocol in protocols:
         for seed in seeds:
@@ -35,6 +80,12 @@ def run_sweep(
                 config = Config(
                     config.data, config.model, config.train, protocol, config.output_dir
                 )
+                key = run_key(config, data_digest)
+                if key in finished:
+                    run = finished[key]
+                    log(f"== {method}, {protocol}, seed {seed}: finished in {run['run_dir']}")
+                    runs.append(run)
+                    continue
                 log(f"== {method}, {protocol}, seed {seed}")
                 result = run_experiment(config, dataset=dataset, log=log)
                 runs.append(
@@ -45,13 +96,17 @@ def run_sweep(
                         "method": method,
                         "seed": seed,
                         "run_dir": str(result.run_dir),
+                        "key": key,
                         "metrics": result.metrics,
                     }
                 )
+                # Written after every run, so that an interrupted sweep can resume; the earlier
+                # runs not redone yet stay listed until then.
+                done = {run.get("key") for run in runs}
+                pending = [run for k, run in finished.items() if k not in done]
+                (out / "sweep.json").write_text(json.dumps(runs + pending, indent=1))
     rows = aggregate(runs, ["protocol", "kind", "rate", "method"])
     table = metrics_table(rows, dataset.task, ["protocol", "method", "n"])
-    out = Path(base.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(runs, indent=1))
     summary = {"task": dataset.task, "rows": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -123,10 +124,11 @@ def _new_run_dir(config: Config, dataset: MultimodalDataset, name: str | None) -
     return run_dir
 
 
-def _fingerprint(dataset: MultimodalDataset) -> str:
-    """A digest of everything a complete-data stage learns from: the train and valid splits."""
+def fingerprint(dataset: MultimodalDataset, splits: Sequence[str] = ("train", "valid")) -> str:
+    """A digest of the contents of ``splits`` (by default what a complete-data stage learns
+    from: the train and valid splits)."""
     digest = hashlib.sha256(repr(dataset.modality_names).encode())
-    for name in ("train", "valid"):
+    for name in splits:
         split = dataset.splits[name]
         arrays = [*split.modalities.values(), split.labels, split.present, *split.extras.values()]
         for array in arrays:
@@ -143,7 +145,7 @@ def _stage_cache_path(config: Config, dataset: MultimodalDataset, stage: str) ->
     key.pop("missing")
     key.pop("output_dir")
     key["train"].pop("progress")
-    key["dataset"] = [dataset.source, dataset.name, _fingerprint(dataset)]
+    key["dataset"] = [dataset.source, dataset.name, fingerprint(dataset)]
     key["stage"] = stage
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.output_dir) / "cache" / f"{config.model.method}-{stage}-{digest}.pt"
