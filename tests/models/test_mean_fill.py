@@ -9,7 +9,7 @@ from tests.conftest import small_config, tiny_dataset
 
 from dicmor.data.batches import Batches
 from dicmor.models.base import DataInfo
-from dicmor.models.zero_fill import RunningMean
+from dicmor.models.mean_fill import RunningMean
 from dicmor.registry import build_model
 
 

@@ -8,7 +8,8 @@ from tests.conftest import small_config, tiny_dataset
 
 from dicmor.data.batches import Batches
 from dicmor.models.base import DataInfo
-from dicmor.models.zero_fill import ZeroFill, ZeroFillPretrained
+from dicmor.models.zero_fill import ZeroFill
+from dicmor.models.zero_fill_pretrained import ZeroFillPretrained
 from dicmor.registry import build_model
 
 TWO_STAGE = ("dicmor", "zero_fill_pretrained")

@@ -1,5 +1,11 @@
 """Registered methods; importing this package registers all of them."""
 
-from dicmor.models import cross_regression, dicmor, zero_fill
+from dicmor.models import (
+    cross_regression,
+    dicmor,
+    mean_fill,
+    zero_fill,
+    zero_fill_pretrained,
+)
 
-__all__ = ["cross_regression", "dicmor", "zero_fill"]
+__all__ = ["cross_regression", "dicmor", "mean_fill", "zero_fill", "zero_fill_pretrained"]
