@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from dicmor.config import Config, load_config
-from dicmor.data.batches import Batches
 from dicmor.data.synthetic import make_classification_dataset
 from dicmor.missing.protocols import MissingProtocol
-from dicmor.reporting.gaps import mmd_rbf, mse
+from dicmor.reporting.gaps import recovery_gaps
 from dicmor.training.run import run_experiment
 
 METHODS = ("zero_fill", "zero_fill_pretrained", "cross_regression", "dicmor")
@@ -37,32 +36,6 @@ SETTINGS = {
     "train.lr": 3e-3,
     "train.progress": False,
 }
-
-
-def per_step(x: torch.Tensor) -> torch.Tensor:
-    """(n, d, T) → (n·T, d)."""
-    return x.transpose(1, 2).reshape(-1, x.shape[1])
-
-
-def recovery_gaps(model, data, mask: np.ndarray) -> dict[str, tuple[float, float, float, float]]:
-    """Per modality: (MSE recovered, MSE zeros, MMD recovered, MMD zeros) on the test split's
-    missing entries, in the model's shallow-feature space."""
-    test = data.splits["test"]
-    batch = next(iter(Batches(test, data.modality_names, mask, len(test), with_targets=True)))
-    model.eval()
-    with torch.no_grad():
-        recovered = model(batch)["recovered"]
-    gaps = {}
-    for m, (index, features) in recovered.items():
-        real = model.target_features(m, batch, index)
-        zero = torch.zeros_like(real)
-        gaps[m] = (
-            mse(features, real),
-            mse(zero, real),
-            mmd_rbf(per_step(real), per_step(features)),
-            mmd_rbf(per_step(real), per_step(zero)),
-        )
-    return gaps
 
 
 def main() -> None:
@@ -96,7 +69,11 @@ def main() -> None:
             result = run_experiment(config, dataset=data, log=lambda _: None)
             accuracy[method].append(result.metrics["acc"])
             if method in RECOVERING:
-                for m, row in recovery_gaps(result.model, data, result.masks["test"]).items():
+                test = data.splits["test"]
+                gaps_now = recovery_gaps(
+                    result.model, test, data.modality_names, result.masks["test"]
+                )
+                for m, row in gaps_now.items():
                     gaps.setdefault((method, m), []).append(row)
         print(f"seed {seed}: " + ", ".join(f"{m} {accuracy[m][-1]:.3f}" for m in METHODS))
     print(f"\ntest accuracy at random MR {args.rate}, {args.seeds} seeds (mean ± std)")

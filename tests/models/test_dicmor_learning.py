@@ -21,14 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from tests.conftest import small_config
 
 from dicmor.config import Config
-from dicmor.data.batches import Batches
 from dicmor.data.synthetic import make_classification_dataset
 from dicmor.missing.protocols import MissingProtocol
-from dicmor.reporting.gaps import mmd_rbf, mse
+from dicmor.reporting.gaps import recovery_gaps
 from dicmor.training.run import run_experiment
 
 SEEDS = (1, 2, 3, 4, 5, 6)
@@ -44,11 +42,6 @@ class Outcome:
     accuracy: dict[str, float]
     refined: dict[str, tuple[float, float]]
     zeros: dict[str, tuple[float, float]]
-
-
-def per_step(x: torch.Tensor) -> torch.Tensor:
-    """(n, d, T) → (n·T, d): each time step's feature vector is one sample."""
-    return x.transpose(1, 2).reshape(-1, x.shape[1])  # (n·T, d)
 
 
 @pytest.fixture(scope="module")
@@ -86,19 +79,9 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
             result = run_experiment(config, dataset=data, log=lambda _: None)
             accuracy[method] = result.metrics["acc"]
             model, masks = result.model, result.masks
-        test = data.splits["test"]
-        batch = next(
-            iter(Batches(test, data.modality_names, masks["test"], len(test), with_targets=True))
-        )
-        model.eval()
-        with torch.no_grad():
-            recovered = model(batch)["recovered"]
-        refined, zeros = {}, {}
-        for m, (index, features) in recovered.items():
-            real = model.target_features(m, batch, index)  # (n, d, T')
-            zero = torch.zeros_like(real)
-            refined[m] = (mse(features, real), mmd_rbf(per_step(real), per_step(features)))
-            zeros[m] = (mse(zero, real), mmd_rbf(per_step(real), per_step(zero)))
+        gaps = recovery_gaps(model, data.splits["test"], data.modality_names, masks["test"])
+        refined = {m: (g[0], g[2]) for m, g in gaps.items()}
+        zeros = {m: (g[1], g[3]) for m, g in gaps.items()}
         assert sorted(refined) == sorted(data.modality_names)
         results.append(Outcome(accuracy, refined, zeros))
     return results

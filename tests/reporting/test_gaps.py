@@ -79,3 +79,28 @@ def test_mse_by_hand_and_for_tensors() -> None:
 def test_bad_inputs_are_named(call, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_recovery_gaps_measure_recoveries_and_zeros_on_the_missing_entries() -> None:
+    import numpy as np
+    from tests.conftest import build_model_for
+
+    from dicmor.data.batches import Batches
+    from dicmor.reporting.gaps import recovery_gaps
+
+    model, data = build_model_for("cross_regression")
+    split = data.splits["test"]
+    split.present[:] = True  # no genuinely absent entry: only what the mask drops is missing
+    mask = np.ones(split.present.shape, dtype=bool)
+    mask[::3, 0] = False  # text missing from every third sample, nothing else
+    gaps = recovery_gaps(model, split, data.modality_names, mask)
+    assert list(gaps) == ["text"]
+    batch = next(iter(Batches(split, data.modality_names, mask, len(split), with_targets=True)))
+    with torch.no_grad():
+        index, recovered = model(batch)["recovered"]["text"]
+        real = model.target_features("text", batch, index)
+    assert index.tolist() == list(range(0, len(split), 3))
+    mse_recovered, mse_zeros, mmd_recovered, mmd_zeros = gaps["text"]
+    assert mse_zeros == pytest.approx(float(real.double().square().mean()))
+    assert mse_recovered == pytest.approx(float((recovered - real).double().square().mean()))
+    assert mmd_recovered > 0 and mmd_zeros > 0 and mmd_recovered != mmd_zeros

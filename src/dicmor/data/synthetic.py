@@ -181,23 +181,9 @@ def _assemble(
     )
 
 
-def _noise(
-    rng: np.random.Generator,
-    n: int,
-    t: int,
-    d: int,
-    common: np.ndarray | None = None,
-    shared: float = 0.0,
-) -> np.ndarray:
-    """``(n, t, d)`` noise: a per-sample offset constant over time plus per-step noise.
-
-    With ``common`` ((n, d), unit variance per entry) the offset mixes in that part shared with
-    other modalities, keeping its variance: ``sqrt(1 - shared)`` own + ``sqrt(shared)`` common.
-    """
-    offset = rng.standard_normal((n, 1, d))
-    if common is not None:
-        offset = np.sqrt(1.0 - shared) * offset + np.sqrt(shared) * common[:, None, :]
-    return offset + 0.5 * rng.standard_normal((n, t, d))
+def _noise(rng: np.random.Generator, n: int, t: int, d: int) -> np.ndarray:
+    """``(n, t, d)`` noise: a per-sample offset constant over time plus per-step noise."""
+    return rng.standard_normal((n, 1, d)) + 0.5 * rng.standard_normal((n, t, d))
 
 
 def make_classification_dataset(
@@ -207,7 +193,6 @@ def make_classification_dataset(
     modalities: Mapping[str, tuple[int, int]] | None = None,
     seed: int = 0,
     signal: float = 1.0,
-    shared: float = 0.0,
     missing_rate: float = 0.0,
 ) -> MultimodalDataset:
     """A classification dataset whose every modality hints at the class.
@@ -218,38 +203,21 @@ def make_classification_dataset(
         modalities: name -> ``(T, D)``; default ``DEFAULT_MODALITIES``.
         seed: seed of everything random.
         signal: distance scale of the class prototypes relative to the noise.
-        shared: share in [0, 1] of the per-sample offset's variance that comes from one factor
-            common to all modalities (as a speaker or a recording session is), seen by each
-            modality through its own random rotation. 0 makes the modalities independent given
-            the class; above 0 a missing modality's offset can be partly inferred from the
-            others. The factor has as many dimensions as the smallest modality; a wider
-            modality's other directions keep only their own part.
         missing_rate: approximate share of genuinely missing (sample, modality) entries; every
             sample keeps at least one modality.
 
     Returns:
         A dataset with float32 modalities ``(N, T, D)`` and int64 labels in ``[0, num_classes)``.
     """
-    if not 0.0 <= shared <= 1.0:
-        raise ValueError(f"shared must lie in [0, 1], got {shared}")
     rng = np.random.default_rng(seed)
     shapes = dict(DEFAULT_MODALITIES if modalities is None else modalities)
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
-    factor = None
-    if shared > 0:
-        factor = rng.standard_normal((n, min(d for _, d in shapes.values())))  # (N, R)
     features = {}
     for m, (t, d) in shapes.items():
         prototypes = rng.standard_normal((num_classes, d))  # (C, D)
         # A fixed norm keeps the difficulty independent of D.
         prototypes *= 1.2 / np.linalg.norm(prototypes, axis=1, keepdims=True)
-        common = None
-        if factor is not None:
-            # Orthonormal columns: the factor keeps unit variance per direction it reaches.
-            basis = np.linalg.qr(rng.standard_normal((d, factor.shape[1])))[0]  # (D, R)
-            common = factor @ basis.T  # (N, D)
-        noise = _noise(rng, n, t, d, common, shared)
-        x = signal * prototypes[labels][:, None, :] + noise  # (N, T, D)
+        x = signal * prototypes[labels][:, None, :] + _noise(rng, n, t, d)  # (N, T, D)
         features[m] = x.astype(np.float32)
     return _assemble("synthetic-classification", labels, features, num_classes, rng, missing_rate)
 

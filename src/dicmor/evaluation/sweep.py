@@ -12,27 +12,15 @@ interrupted sweep started again trains only what is left.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dicmor.config import Config, to_dict
+from dicmor.config import Config
 from dicmor.data.dataset import SPLITS
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.reporting.tables import aggregate, metrics_table
-from dicmor.training.run import code_version, fingerprint, load_data, run_experiment
-
-
-def run_key(config: Config, data_digest: str) -> str:
-    """What a run's result depends on: its whole configuration (protocol and seed included,
-    progress display and output folder not), the data's contents and the code version."""
-    key = to_dict(config)
-    key.pop("output_dir")
-    key["train"].pop("progress")
-    key["data_digest"] = data_digest
-    key["code"] = code_version()
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+from dicmor.training.run import fingerprint, load_data, run_experiment, settings_digest
 
 
 def _finished_runs(out: Path) -> dict[str, dict]:
@@ -80,7 +68,7 @@ def run_sweep(
                 config = Config(
                     config.data, config.model, config.train, protocol, config.output_dir
                 )
-                key = run_key(config, data_digest)
+                key = settings_digest(config, data_digest=data_digest)
                 if key in finished:
                     run = finished[key]
                     log(f"== {method}, {protocol}, seed {seed}: finished in {run['run_dir']}")

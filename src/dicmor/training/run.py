@@ -137,17 +137,26 @@ def fingerprint(dataset: MultimodalDataset, splits: Sequence[str] = ("train", "v
     return digest.hexdigest()
 
 
+def settings_digest(config: Config, **extra: Any) -> str:
+    """A digest of what a result depends on: ``config`` (less its output folder and progress
+    display), the code version and ``extra`` (entries given as ``None`` are left out)."""
+    key = to_dict(config)
+    key.pop("output_dir")
+    key["train"].pop("progress")
+    key["code"] = code_version()
+    for name, value in extra.items():
+        if value is None:
+            key.pop(name, None)
+        else:
+            key[name] = value
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 def _stage_cache_path(config: Config, dataset: MultimodalDataset, stage: str) -> Path:
     """Where a complete-data stage's weights are cached: keyed by everything but the protocol,
     and by the code version, so weights trained by other code are not reused."""
-    key = to_dict(config)
-    key["code"] = code_version()
-    key.pop("missing")
-    key.pop("output_dir")
-    key["train"].pop("progress")
-    key["dataset"] = [dataset.source, dataset.name, fingerprint(dataset)]
-    key["stage"] = stage
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    dataset_key = [dataset.source, dataset.name, fingerprint(dataset)]
+    digest = settings_digest(config, missing=None, dataset=dataset_key, stage=stage)[:16]
     return Path(config.output_dir) / "cache" / f"{config.model.method}-{stage}-{digest}.pt"
 
 
