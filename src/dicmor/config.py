@@ -55,9 +55,40 @@ class DiCMoRConfig:
     public code's coupling layers alone (for parity experiments)."""
     flow_hidden: int = 64
     """Hidden width of the coupling conditioner."""
-    transfer: Literal["mean", "decode-merge"] = "mean"
-    """How several available modalities recover a missing one: ``mean`` fuses their latents and
-    decodes once; ``decode-merge`` decodes each latent and merges the decodings with a 1x1 conv."""
+    transfer: Literal["mean", "moment-matched", "decode-merge"] = "mean"
+    """How several available modalities recover a missing one: ``mean`` fuses their latents by
+    their mean and decodes once (the paper); ``moment-matched`` rescales that mean about the
+    class mean of the prior, weighted by the class posterior of the available latents, so that
+    k latents of one class fused keep the class's variance instead of 1/k of it (the mean of k
+    independent draws of N(mu_c, sigma_c^2) has variance sigma_c^2 / k); ``decode-merge``
+    decodes each latent and merges the decodings with a 1x1 conv (the public code)."""
+    train_flows: bool = True
+    """``False``: the flows are the identity and never learn (an ablation: a missing modality
+    is then recovered from the mean of the available features by the refinement network alone,
+    as in ``cross_regression``)."""
+    dequantize: float = 0.0
+    """Standard deviation of Gaussian noise added, in training, to the features entering the
+    flows, relative to each modality's RMS in the batch. Features of fewer input degrees of
+    freedom than the width d (MOSI audio: 5 features x kernel 5 = 25 < 32) lie on a subspace
+    where a flow's likelihood has no maximum; the noise gives it one. 0 disables."""
+    stage1_recovery_rate: float = 0.0
+    """Random missing rate of masks simulated on the complete-data stage (or the flow stage,
+    if any) that train the recovery alone (flows, refinement), so that stage 2 does not start
+    it at random; the fusion still sees complete data. 0 disables. Also read by
+    ``cross_regression``."""
+    flow_stage_epochs: int = 0
+    """If > 0, the flows are fitted in a stage of their own after stage 1, for at most this many
+    epochs on complete data, with the extractors and the fusion frozen: ActNorm and the prior's
+    class means start from features that no longer change, and the stage runs until the
+    validation NLL (plus the reconstruction, when recovery is simulated) stops improving. The
+    flows are then not trained in stage 1. 0: flows train jointly from stage 1 on."""
+    flow_lr: float | None = None
+    """Learning rate of the flow stage; ``None`` uses ``train.lr``."""
+    recovery_trains_flows: bool = False
+    """Let the reconstruction loss's gradient reach the flows through the transfer (encoding
+    the available modalities and decoding the missing one), so that the flows learn a latent
+    space in which one modality's latent decodes to the other's features. Off, as the paper:
+    the flows learn from their NLL only."""
     refine_blocks: int = 20
     """Residual channel-attention blocks R of the refinement network."""
     refine_reduction: int = 16
@@ -81,6 +112,19 @@ class DiCMoRConfig:
             raise ConfigError("model.dicmor.refine_reduction must be >= 1")
         if self.nll_weight < 0 or self.reconstruction_weight < 0:
             raise ConfigError("model.dicmor: loss weights must be >= 0")
+        if self.dequantize < 0:
+            raise ConfigError(f"model.dicmor.dequantize must be >= 0, got {self.dequantize}")
+        if not 0.0 <= self.stage1_recovery_rate < 1.0:
+            raise ConfigError(
+                "model.dicmor.stage1_recovery_rate must lie in [0, 1), "
+                f"got {self.stage1_recovery_rate}"
+            )
+        if self.flow_stage_epochs < 0:
+            raise ConfigError(
+                f"model.dicmor.flow_stage_epochs must be >= 0, got {self.flow_stage_epochs}"
+            )
+        if self.flow_lr is not None and self.flow_lr <= 0:
+            raise ConfigError(f"model.dicmor.flow_lr must be positive, got {self.flow_lr}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +167,22 @@ class TrainConfig:
     """Adam weight decay."""
     clip_value: float | None = 0.6
     """Clip every gradient element to [-clip_value, clip_value]; ``None`` disables."""
+    accumulation: Literal["sum", "mean"] = "sum"
+    """How ``grad_accum`` micro-batches make one update. ``sum``, as the public DiCMoR code: each
+    micro-batch's loss is back-propagated unscaled and the running sum of gradients is clipped
+    after every micro-batch. ``mean``: the losses are divided by ``grad_accum`` and the mean
+    gradient is clipped once, before the update (the textbook form). Identical when
+    ``grad_accum`` is 1."""
+    select_on: Literal["task", "total"] = "task"
+    """The validation loss term that selects the best epoch, drives ReduceLROnPlateau and early
+    stopping: ``task`` (the task loss alone, as the public code) or ``total`` (with the method's
+    auxiliary terms, e.g. DiCMoR's NLL and reconstruction, whose scale differs between methods).
+    A stage may name its own (a stage that trains only DiCMoR's flows selects on their NLL)."""
+    redraw_masks: bool = False
+    """Draw the training split's mask anew every epoch at the protocol's rate, from a generator
+    seeded by ``seed`` and the epoch (the first epoch uses the saved mask), so every method
+    sees the same sequence; validation and test masks stay those saved. Off: one training mask
+    for the whole run. The public code redraws per batch."""
     max_epochs: int = 100
     """Upper bound on epochs per stage."""
     patience: int = 10

@@ -77,18 +77,34 @@ def test_eval_is_deterministic_and_train_is_not() -> None:
     torch.testing.assert_close(model(features), model(features))
 
 
-def test_per_target_attention_dropout_override() -> None:
+@pytest.mark.parametrize(
+    ("keyed_by", "by_pair"),
+    [
+        # pairs (target, source): (t,a) (t,v) (a,t) (a,v) (v,t) (v,a)
+        ("source", (0.2, 0.0, 0.3, 0.0, 0.3, 0.2)),
+        ("target", (0.3, 0.3, 0.2, 0.2, 0.0, 0.0)),
+    ],
+)
+def test_per_modality_attention_dropout_override(keyed_by, by_pair) -> None:
     config = dataclasses.replace(
-        SMALL, attn_dropout=0.3, attn_dropout_by_modality={"audio": 0.2, "vision": 0.0}
+        SMALL,
+        attn_dropout=0.3,
+        attn_dropout_by_modality={"audio": 0.2, "vision": 0.0},
+        attn_dropout_keyed_by=keyed_by,
     )
     model = MulT(["text", "audio", "vision"], config, output_dim=1)
-    expected = {"text": 0.3, "audio": 0.2, "vision": 0.0}
-    by_pair = tuple(expected[target] for target, _ in model.pairs)
-    assert by_pair == (0.3, 0.3, 0.2, 0.2, 0.0, 0.0)
+    assert model.pairs[0] == ("text", "audio")
     for layer in model.crossmodal.layers:
         assert layer.attn_dropout == by_pair
     for layer in model.self_attention.layers:
         assert layer.attn_dropout == (0.3, 0.3, 0.3)
+
+
+def test_source_keyed_dropout_is_the_default() -> None:
+    # The public MulT / DiCMoR code: the block "text with audio" uses the audio dropout.
+    assert MulTConfig().attn_dropout_keyed_by == "source"
+    with pytest.raises(ValueError, match="attn_dropout_keyed_by"):
+        dataclasses.replace(SMALL, attn_dropout_keyed_by="query")
 
 
 def _separate_representation(model: MulT, features: dict[str, torch.Tensor]) -> torch.Tensor:

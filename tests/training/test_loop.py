@@ -114,30 +114,60 @@ def test_gradient_accumulation_steps_the_optimiser_less_often(
     assert len(calls) == 2 * expected
 
 
+def _step_gradients(
+    data: MultimodalDataset, batch_size: int, grad_accum: int, **options: object
+) -> torch.Tensor:
+    """The gradients the optimiser steps on during one epoch of zero-fill, flattened."""
+    model = zero_fill(data, **NO_DROPOUT)
+    config = TrainConfig(
+        batch_size=batch_size, grad_accum=grad_accum, max_epochs=1, progress=False, **options
+    )
+    grads: list[torch.Tensor] = []
+
+    def record(optimizer, args, kwargs) -> None:
+        grads.extend(p.grad.clone() for g in optimizer.param_groups for p in g["params"])
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train = batches(data, "train", batch_size, shuffle=True)
+        fit(model, train, batches(data, "valid", 8), config)
+    finally:
+        handle.remove()
+    return torch.cat([g.flatten() for g in grads])
+
+
 def test_accumulated_half_batches_give_the_full_batch_gradient() -> None:
     # 16 training samples: one step on all 16 must see the gradient of two accumulated steps on
     # 8 each, since both batch sizes take their samples from the same shuffled order.
     data = tiny_dataset("classification", n=16)
-    seen = []
-    for batch_size, grad_accum in ((16, 1), (8, 2)):
-        model = zero_fill(data, **NO_DROPOUT)
-        config = TrainConfig(
-            batch_size=batch_size, grad_accum=grad_accum, max_epochs=1, progress=False
-        )
-        grads: list[torch.Tensor] = []
+    full = _step_gradients(data, 16, 1, clip_value=None)
+    mean = _step_gradients(data, 8, 2, clip_value=None, accumulation="mean")
+    summed = _step_gradients(data, 8, 2, clip_value=None, accumulation="sum")
+    assert full.abs().max() > 0
+    torch.testing.assert_close(mean, full, rtol=1e-4, atol=1e-7)
+    # The public code's accumulation does not divide: the step sees the sum of the two.
+    torch.testing.assert_close(summed, 2 * full, rtol=1e-4, atol=1e-7)
 
-        def record(optimizer, args, kwargs, grads=grads) -> None:
-            grads.extend(p.grad.clone() for g in optimizer.param_groups for p in g["params"])
 
-        handle = register_optimizer_step_pre_hook(record)
-        try:
-            train = batches(data, "train", batch_size, shuffle=True)
-            fit(model, train, batches(data, "valid", 8), config)
-        finally:
-            handle.remove()
-        seen.append(torch.cat([g.flatten() for g in grads]))
-    assert seen[0].abs().max() > 0
-    assert torch.allclose(seen[0], seen[1], rtol=1e-4, atol=1e-7)
+def test_summed_accumulation_clips_the_running_sum_after_every_micro_batch() -> None:
+    data = tiny_dataset("classification", n=16)
+    # Two micro-batches' own gradients, unclipped: the first and second halves of one order.
+    first_and_both = _step_gradients(data, 8, 2, clip_value=None, accumulation="sum")
+    clip = float(first_and_both.abs().quantile(0.5))
+    clipped = _step_gradients(data, 8, 2, clip_value=clip, accumulation="sum")
+    # The running sum is clipped after the second micro-batch too, so nothing exceeds the
+    # clip value; it may reach 2·clip before that, which the first clip prevents.
+    assert clipped.abs().max() <= clip + 1e-6
+    mean_clipped = _step_gradients(data, 8, 2, clip_value=clip, accumulation="mean")
+    assert mean_clipped.abs().max() <= clip + 1e-6
+    assert not torch.allclose(clipped, mean_clipped)
+
+
+def test_accumulation_modes_agree_without_accumulation() -> None:
+    data = tiny_dataset("classification", n=16)
+    summed = _step_gradients(data, 8, 1, accumulation="sum")
+    mean = _step_gradients(data, 8, 1, accumulation="mean")
+    assert torch.equal(summed, mean)
 
 
 def test_a_non_finite_loss_names_the_epoch_and_step(monkeypatch: pytest.MonkeyPatch) -> None:

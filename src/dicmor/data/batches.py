@@ -1,8 +1,13 @@
 """Mini-batches of one split under one availability mask.
 
-The missing values are zeroed here, once, before any model sees them: a batch's ``inputs`` hold
-only what is available. The real features travel separately as ``targets`` and only when asked
-for (training losses use them as reconstruction targets; evaluation never builds them).
+The missing values are zeroed here, batch by batch, before any model sees them: a batch's
+``inputs`` hold only what is available. The real features travel separately as ``targets`` and
+only when asked for (training losses use them as reconstruction targets; evaluation never builds
+them).
+
+The mask is fixed, or, for training under a protocol redrawn every epoch, given by a
+``schedule``: a function of the epoch and of that epoch's sample order (the ``legacy-batch``
+protocol lays its schedule over the batches in loader order) returning the epoch's mask.
 
 A batch is a dict:
     inputs:    {modality: (B, T, D) float}, zero where not available
@@ -13,11 +18,13 @@ A batch is a dict:
     targets:   {modality: (B, T, D)} real features (only with ``with_targets``)
     text_bert: (B, 3, T) tokens (only when the dataset has them), zero where text is missing
     target_text_bert: (B, 3, T) real tokens (only with ``with_targets``)
+    simulated: (B, M) bool, a simulated mask within ``available`` (only with ``simulate``): a
+               model may train its recovery on it while its prediction reads ``available``
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -25,6 +32,9 @@ import torch
 from dicmor.data.dataset import Split
 
 Batch = dict[str, object]
+MaskSchedule = Callable[[int, np.ndarray], np.ndarray]
+"""``schedule(epoch, order) -> (N, M) bool``: the availability mask of an epoch (from 0) whose
+samples come in ``order`` ((N,) split rows)."""
 
 
 class Batches:
@@ -41,39 +51,35 @@ class Batches:
         seed: int = 0,
         device: torch.device | str = "cpu",
         with_targets: bool = False,
+        schedule: MaskSchedule | None = None,
+        simulate: MaskSchedule | None = None,
     ) -> None:
-        if available.shape != (len(split), len(modality_names)):
-            raise ValueError(
-                f"mask shape {available.shape} does not match split ({len(split)}, "
-                f"{len(modality_names)})"
-            )
-        available = available & split.present
         self.modality_names = modality_names
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.device = torch.device(device)
         self.epoch = 0
-        self.available = torch.from_numpy(available)
+        self.schedule = schedule
+        self.simulate = simulate
+        self.simulated: torch.Tensor | None = None
         self.present = torch.from_numpy(split.present)
         self.labels = torch.from_numpy(split.labels)
-        # np.where selects rather than multiplies, so not even a NaN in a hidden entry survives.
-        self.inputs = {
-            m: torch.from_numpy(np.where(available[:, i, None, None], split.modalities[m], 0.0))
-            for i, m in enumerate(modality_names)
-        }
-        self.targets = (
-            {m: torch.from_numpy(split.modalities[m]) for m in modality_names}
-            if with_targets
-            else None
-        )
+        self.available = self._checked(available)
+        self.features = {m: torch.from_numpy(split.modalities[m]) for m in modality_names}
+        self.with_targets = with_targets
         self.text_bert = None
-        self.target_text_bert = None
         if "text_bert" in split.extras and "text" in modality_names:
-            keep = available[:, modality_names.index("text"), None, None]
-            self.text_bert = torch.from_numpy(np.where(keep, split.extras["text_bert"], 0.0))
-            if with_targets:
-                self.target_text_bert = torch.from_numpy(split.extras["text_bert"])
+            self.text_bert = torch.from_numpy(split.extras["text_bert"])
+
+    def _checked(self, available: np.ndarray) -> torch.Tensor:
+        """A mask as a tensor, limited to what the dataset has."""
+        expected = tuple(self.present.shape)
+        if not isinstance(available, np.ndarray) or available.shape != expected:
+            raise ValueError(
+                f"mask shape {getattr(available, 'shape', None)} does not match split {expected}"
+            )
+        return torch.from_numpy(available.astype(bool)) & self.present
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
@@ -85,6 +91,10 @@ class Batches:
             order = torch.randperm(n, generator=generator)
         else:
             order = torch.arange(n)
+        if self.schedule is not None:
+            self.available = self._checked(self.schedule(self.epoch, order.numpy()))
+        if self.simulate is not None:
+            self.simulated = self._checked(self.simulate(self.epoch, order.numpy()))
         self.epoch += 1
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size]
@@ -92,17 +102,26 @@ class Batches:
 
     def _batch(self, index: torch.Tensor) -> Batch:
         to = self.device
+        available = self.available[index]  # (B, M)
+        # where() selects rather than multiplies, so not even a NaN in a hidden entry survives.
         batch: Batch = {
-            "inputs": {m: x[index].to(to) for m, x in self.inputs.items()},
-            "available": self.available[index].to(to),
+            "inputs": {
+                m: torch.where(available[:, j, None, None], x[index], 0.0).to(to)
+                for j, (m, x) in enumerate(self.features.items())
+            },
+            "available": available.to(to),
             "present": self.present[index].to(to),
             "label": self.labels[index].to(to),
             "index": index.to(to),
         }
-        if self.targets is not None:
-            batch["targets"] = {m: x[index].to(to) for m, x in self.targets.items()}
+        if self.simulated is not None:
+            batch["simulated"] = (self.simulated[index] & available).to(to)
+        if self.with_targets:
+            batch["targets"] = {m: x[index].to(to) for m, x in self.features.items()}
         if self.text_bert is not None:
-            batch["text_bert"] = self.text_bert[index].to(to)
-        if self.target_text_bert is not None:
-            batch["target_text_bert"] = self.target_text_bert[index].to(to)
+            tokens = self.text_bert[index]
+            keep = available[:, self.modality_names.index("text"), None, None]
+            batch["text_bert"] = torch.where(keep, tokens, 0.0).to(to)
+            if self.with_targets:
+                batch["target_text_bert"] = tokens.to(to)
         return batch

@@ -11,6 +11,14 @@ Every modality carries the label (a class prototype, or a fixed direction scaled
 regression label) plus independent noise, part of it constant over time so that averaging over
 steps cannot remove it. Any single modality is therefore informative, and together they are more
 so. ``signal`` scales the label's part; ``signal=0`` gives pure noise.
+
+With ``shared_factors=F > 0`` the modalities also share F sample-level factors beyond the label:
+each sample draws ``s ~ N(0, I_F)``, constant over time, and modality j sees the factors f with
+``f mod (M + 1) != j`` through a fixed random loading (so every modality sees only part of them,
+every pair shares some, and the factors ``f = M mod (M + 1)`` are seen by all). Given the label,
+the modalities are then no longer independent: one modality's features carry information about
+another's that the class alone does not, which is what a cross-modal recovery can exploit. With
+``F = 0`` (the default) the data are those of earlier versions, bit for bit.
 """
 
 from __future__ import annotations
@@ -34,6 +42,36 @@ _WORDS = ("the", "movie", "was", "really", "not", "good", "bad", "i", "liked", "
 _SENTIMENT = ("Negative", "Neutral", "Positive")
 
 
+def shared_factor_views(num_modalities: int, factors: int) -> list[np.ndarray]:
+    """For each modality j, the indices of the shared factors it sees: ``f mod (M + 1) != j``."""
+    return [
+        np.array([f for f in range(factors) if f % (num_modalities + 1) != j], dtype=np.int64)
+        for j in range(num_modalities)
+    ]
+
+
+def _shared_offsets(
+    seed: int, n: int, dims: Mapping[str, int], factors: int, strength: float
+) -> dict[str, np.ndarray]:
+    """``{m: (n, D_m)}`` float32: each modality's view of F per-sample shared factors.
+
+    Drawn from a generator of its own, so that the rest of the data stay as without factors.
+    """
+    if factors < 0:
+        raise ValueError(f"shared_factors must be >= 0, got {factors}")
+    if factors == 0:
+        return {m: np.zeros((n, d), dtype=np.float32) for m, d in dims.items()}
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    values = rng.standard_normal((n, factors))  # (N, F)
+    offsets = {}
+    for (m, d), view in zip(dims.items(), shared_factor_views(len(dims), factors), strict=True):
+        loading = rng.standard_normal((len(view), d))  # (F_m, D)
+        # Unit-norm rows: each factor moves a modality by as much as the class signal of 1.0.
+        loading /= np.linalg.norm(loading, axis=1, keepdims=True)
+        offsets[m] = (strength * values[:, view] @ loading).astype(np.float32)
+    return offsets
+
+
 def _regression_labels(rng: np.random.Generator, n: int) -> np.ndarray:
     """``(n,)`` float32 sentiment-like labels: multiples of 0.2 in [-3, 3], about 10% exactly 0."""
     labels = np.round(rng.uniform(-3.0, 3.0, n) * 5) / 5
@@ -51,6 +89,8 @@ def make_mmsa_dict(
     aligned: bool = True,
     seed: int = 0,
     signal: float = 1.0,
+    shared_factors: int = 0,
+    shared_signal: float = 1.0,
 ) -> dict[str, dict[str, Any]]:
     """A dict in the layout of an MMSA ``aligned_50.pkl`` / ``unaligned_50.pkl`` file.
 
@@ -63,6 +103,9 @@ def make_mmsa_dict(
         aligned: aligned (one length per sample for all modalities) or unaligned layout.
         seed: seed of everything random.
         signal: strength of the label's trace in every modality.
+        shared_factors: number F of per-sample factors the modalities share beyond the label
+            (see the module docstring); 0 for none.
+        shared_signal: scale of the shared factors' trace.
 
     Returns:
         ``{split: {key: value}}`` with ``text`` ``(N, T, Dt)``, ``text_bert`` ``(N, 3, T)``
@@ -81,7 +124,9 @@ def make_mmsa_dict(
     directions = {m: rng.standard_normal(d).astype(np.float32) for m, d in dims.items()}
     content: dict[str, dict[str, Any]] = {}
     clip = 0
-    for split, n in zip(SPLITS, (n_train, n_valid, n_test), strict=True):
+    sizes = (n_train, n_valid, n_test)
+    shared = _shared_offsets(seed, sum(sizes), dims, shared_factors, shared_signal)
+    for split, n in zip(SPLITS, sizes, strict=True):
         labels = _regression_labels(rng, n)
         text_lengths = rng.integers(min(3, seq_len), seq_len + 1, n)
         lengths = {m: text_lengths for m in dims}
@@ -94,6 +139,7 @@ def make_mmsa_dict(
             valid = np.arange(steps[m])[None, :] < lengths[m][:, None]  # (N, T)
             x = rng.standard_normal((n, steps[m], d)).astype(np.float32)
             x += signal * (labels / 3)[:, None, None] * directions[m]
+            x += shared[m][clip : clip + n, None, :]
             x *= valid[..., None]
             if m == "audio":
                 # COVAREP writes -inf for log features of silent frames.
@@ -194,6 +240,8 @@ def make_classification_dataset(
     seed: int = 0,
     signal: float = 1.0,
     missing_rate: float = 0.0,
+    shared_factors: int = 0,
+    shared_signal: float = 1.0,
 ) -> MultimodalDataset:
     """A classification dataset whose every modality hints at the class.
 
@@ -205,6 +253,9 @@ def make_classification_dataset(
         signal: distance scale of the class prototypes relative to the noise.
         missing_rate: approximate share of genuinely missing (sample, modality) entries; every
             sample keeps at least one modality.
+        shared_factors: number F of per-sample factors the modalities share beyond the class
+            (see the module docstring); 0 for none.
+        shared_signal: scale of the shared factors' trace.
 
     Returns:
         A dataset with float32 modalities ``(N, T, D)`` and int64 labels in ``[0, num_classes)``.
@@ -212,13 +263,15 @@ def make_classification_dataset(
     rng = np.random.default_rng(seed)
     shapes = dict(DEFAULT_MODALITIES if modalities is None else modalities)
     labels = rng.permutation(np.arange(n) % num_classes).astype(np.int64)
+    dims = {m: d for m, (_, d) in shapes.items()}
+    shared = _shared_offsets(seed, n, dims, shared_factors, shared_signal)
     features = {}
     for m, (t, d) in shapes.items():
         prototypes = rng.standard_normal((num_classes, d))  # (C, D)
         # A fixed norm keeps the difficulty independent of D.
         prototypes *= 1.2 / np.linalg.norm(prototypes, axis=1, keepdims=True)
         x = signal * prototypes[labels][:, None, :] + _noise(rng, n, t, d)  # (N, T, D)
-        features[m] = x.astype(np.float32)
+        features[m] = (x + shared[m][:, None, :]).astype(np.float32)
     return _assemble("synthetic-classification", labels, features, num_classes, rng, missing_rate)
 
 
@@ -229,6 +282,8 @@ def make_regression_dataset(
     seed: int = 0,
     signal: float = 1.0,
     missing_rate: float = 0.0,
+    shared_factors: int = 0,
+    shared_signal: float = 1.0,
 ) -> MultimodalDataset:
     """A sentiment-like regression dataset whose every modality hints at the label.
 
@@ -239,6 +294,9 @@ def make_regression_dataset(
         signal: scale of the label's direction relative to the noise.
         missing_rate: approximate share of genuinely missing (sample, modality) entries; every
             sample keeps at least one modality.
+        shared_factors: number F of per-sample factors the modalities share beyond the label
+            (see the module docstring); 0 for none.
+        shared_signal: scale of the shared factors' trace.
 
     Returns:
         A dataset with float32 modalities ``(N, T, D)`` and float32 labels: multiples of 0.2 in
@@ -247,10 +305,12 @@ def make_regression_dataset(
     rng = np.random.default_rng(seed)
     shapes = dict(DEFAULT_MODALITIES if modalities is None else modalities)
     labels = _regression_labels(rng, n)
+    dims = {m: d for m, (_, d) in shapes.items()}
+    shared = _shared_offsets(seed, n, dims, shared_factors, shared_signal)
     features = {}
     for m, (t, d) in shapes.items():
         direction = rng.standard_normal(d)  # (D,)
         direction *= 1.5 / np.linalg.norm(direction)
         x = signal * (labels / 3)[:, None, None] * direction + _noise(rng, n, t, d)  # (N, T, D)
-        features[m] = x.astype(np.float32)
+        features[m] = (x + shared[m][:, None, :]).astype(np.float32)
     return _assemble("synthetic-regression", labels, features, None, rng, missing_rate)

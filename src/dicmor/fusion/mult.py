@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +44,14 @@ class MulTConfig:
     """Attention-weight dropout, for targets without an override and for self-attention."""
 
     attn_dropout_by_modality: dict[str, float] | None = None
-    """Attention dropout of the crossmodal transformers into a given target modality,
-    e.g. {"audio": 0.2, "vision": 0.0}."""
+    """Attention dropout of the crossmodal transformers of a given modality, e.g.
+    {"audio": 0.2, "vision": 0.0}; which modality of a block is meant is
+    `attn_dropout_keyed_by`."""
+
+    attn_dropout_keyed_by: Literal["source", "target"] = "source"
+    """``source``: a crossmodal block uses the dropout of the modality its keys and values come
+    from, as the public MulT and DiCMoR code do (the block "text with audio" uses the audio
+    dropout); ``target``: that of the modality whose queries it refines."""
 
     relu_dropout: float = 0.1
     """Dropout after the feed-forward ReLU in every transformer layer."""
@@ -72,6 +79,11 @@ class MulTConfig:
             )
         if self.num_layers < 1:
             raise ValueError(f"MulTConfig.num_layers: must be >= 1, got {self.num_layers}")
+        if self.attn_dropout_keyed_by not in ("source", "target"):
+            raise ValueError(
+                "MulTConfig.attn_dropout_keyed_by: must be 'source' or 'target', "
+                f"got {self.attn_dropout_keyed_by!r}"
+            )
         for name in ("attn_dropout", "relu_dropout", "res_dropout", "embed_dropout", "out_dropout"):
             _check_probability(f"MulTConfig.{name}", getattr(self, name))
         if self.attn_dropout_by_modality is not None:
@@ -87,10 +99,15 @@ class MulTConfig:
                 self, "attn_dropout_by_modality", dict(self.attn_dropout_by_modality)
             )
 
-    def attn_dropout_for(self, target: str) -> float:
-        """Attention dropout of the crossmodal transformers into `target`."""
+    def attn_dropout_for(self, modality: str) -> float:
+        """Attention dropout of the crossmodal blocks keyed by `modality`."""
         overrides = self.attn_dropout_by_modality or {}
-        return overrides.get(target, self.attn_dropout)
+        return overrides.get(modality, self.attn_dropout)
+
+    def crossmodal_attn_dropout(self, target: str, source: str) -> float:
+        """Attention dropout of the crossmodal block whose queries come from `target` and whose
+        keys and values come from `source`."""
+        return self.attn_dropout_for(source if self.attn_dropout_keyed_by == "source" else target)
 
 
 def _check_probability(name: str, value: float) -> None:
@@ -151,7 +168,7 @@ class MulT(nn.Module):
             dim,
             config.num_heads,
             config.num_layers,
-            attn_dropout=[config.attn_dropout_for(t) for t, _ in self.pairs],
+            attn_dropout=[config.crossmodal_attn_dropout(t, s) for t, s in self.pairs],
             relu_dropout=config.relu_dropout,
             res_dropout=config.res_dropout,
             embed_dropout=config.embed_dropout,

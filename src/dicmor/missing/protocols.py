@@ -373,6 +373,47 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(split.encode())]))
 
 
+def _epoch_rng(seed: int, split: str, epoch: int) -> np.random.Generator:
+    return np.random.default_rng(
+        np.random.SeedSequence([seed, zlib.crc32(split.encode()), 1 + epoch])
+    )
+
+
+def epoch_mask(
+    protocol: MissingProtocol,
+    present: np.ndarray,
+    modality_names: Sequence[str],
+    seed: int,
+    epoch: int,
+    order: np.ndarray | None = None,
+    split: str = "train",
+) -> np.ndarray:
+    """The availability mask of one training epoch when masks are redrawn every epoch.
+
+    Drawn from a generator of its own, derived from (seed, split, epoch), so every method given
+    the same seed sees the same sequence of masks, each at the protocol's exact rate. A
+    ``legacy-batch`` schedule is laid over the batches of the epoch's sample ``order`` ((N,)
+    split rows in loader order; default: split order), as the public code does per batch.
+
+    Returns:
+        available: ``(N, M)`` bool in split order, a subset of ``present``.
+    """
+    _check_present(present, len(modality_names))
+    rng = _epoch_rng(int(seed), split, epoch)
+    if protocol.kind == "none":
+        return present.copy()
+    if protocol.kind == "random":
+        return random_mask(present, protocol.rate, rng)
+    if protocol.kind == "fixed":
+        return fixed_mask(present, modality_names, protocol.keep)
+    order = np.arange(len(present)) if order is None else np.asarray(order)
+    if not np.array_equal(np.sort(order), np.arange(len(present))):
+        raise MissingProtocolError(f"epoch order must be a permutation of {len(present)} rows")
+    available = np.empty_like(present)
+    available[order] = legacy_batch_mask(present[order], protocol.rate, protocol.batch_size, rng)
+    return available
+
+
 def make_masks(
     protocol: MissingProtocol,
     presents: Mapping[str, np.ndarray],

@@ -64,11 +64,24 @@ class Stage:
         complete_data: train and validate on complete data whatever the missing protocol; such a
             stage does not depend on the protocol, so its checkpoint can be cached and reused.
         max_epochs: overrides ``train.max_epochs`` when set.
+        objective: the loss term optimised (default ``total``).
+        monitor: the validation loss term that selects the best epoch and drives the schedule
+            and early stopping (default ``train.select_on``).
+        lr: overrides ``train.lr`` when set.
+        simulate_rate: on a complete-data stage, a random missing rate at which masks are drawn
+            every epoch and given to the model as ``batch["simulated"]``: the model may train
+            its recovery on them while everything else sees complete data.
+        frozen: names of the model's top-level modules that this stage does not train.
     """
 
     name: str
     complete_data: bool = False
     max_epochs: int | None = None
+    objective: str = "total"
+    monitor: str | None = None
+    lr: float | None = None
+    simulate_rate: float = 0.0
+    frozen: tuple[str, ...] = ()
 
 
 class MultimodalModel(nn.Module, abc.ABC):
@@ -86,7 +99,15 @@ class MultimodalModel(nn.Module, abc.ABC):
         return [Stage("main")]
 
     def begin_stage(self, stage: Stage) -> None:
-        """Prepare for ``stage`` (e.g. freeze parts); called before its optimiser is built."""
+        """Prepare for ``stage``: freeze the modules it names, unfreeze the others; called
+        before its optimiser is built."""
+        children = dict(self.named_children())
+        unknown = sorted(set(stage.frozen) - set(children))
+        if unknown:
+            raise ValueError(f"stage {stage.name!r} freezes unknown modules {unknown}")
+        for name, module in children.items():
+            for p in module.parameters():
+                p.requires_grad_(name not in stage.frozen)
 
     @abc.abstractmethod
     def forward(self, batch: dict) -> Output:

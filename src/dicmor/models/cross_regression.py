@@ -32,47 +32,63 @@ class CrossModalRegression(Recovering):
         super().__init__(info, config)
         options = config.dicmor
         dim = config.mult.dim
+        # The parts every MulT method shares are built first, from the same generator state as
+        # in zero-fill, so that with nothing missing this method trains exactly as
+        # zero_fill_pretrained does.
         self.extractors = ShallowExtractors(info, config)
+        self.fusion = MulT(info.modality_names, config.mult, info.output_dim)
         # One regression network per modality, run as the groups of one module.
         self.regressors = RefinementNetwork(
             dim, options.refine_blocks, options.refine_reduction, groups=len(info.modality_names)
         )
-        self.fusion = MulT(info.modality_names, config.mult, info.output_dim)
 
     def forward(self, batch: dict) -> dict[str, Any]:
         """``prediction``, the ``features`` fused ({m: (B, d, T')} with recovered entries filled
-        in) and ``recovered`` ({m: (index (n,), features (n, d, T'))} for the samples missing m).
+        in) and ``recovered`` ({m: (index (n,), features (n, d, T'))} for the samples missing m;
+        for a batch that carries a ``simulated`` mask, the samples it hides, recovered for the
+        reconstruction loss only).
         """
         features = self.extractors(batch)
         available = batch["available"]  # (B, M)
         recovered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if not bool(available.all()):
-            names = self.info.modality_names
-            stacked = torch.stack([features[m] for m in names])  # (M, B, d, T')
-            weights = available.to(stacked.dtype)  # (B, M)
-            count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
-            # Unavailable modalities' features are zeros, and weighted 0 besides.
-            source = torch.einsum("mbct,bm->bct", stacked, weights) / count[:, None, None]
-            estimates = {}
-            # Modalities missing from the same samples are regressed together.
-            for index, targets in missing_subsets(available):
-                inputs = source.index_select(0, index)  # (n, d, T')
-                stacked = self.regressors(
-                    inputs.expand(len(targets), *inputs.shape), group=targets
-                )  # (len(targets), n, d, T')
-                for j, x in zip(targets, stacked.unbind(0), strict=True):
-                    estimates[j] = (index, x)
-            filled = dict(features)
-            for j, m in enumerate(names):
-                if j in estimates:
-                    index, estimate = estimates[j]
-                    filled[m] = features[m].index_copy(0, index, estimate)
-                    recovered[m] = (index, estimate)
-            features = filled
+        if "simulated" in batch:
+            _, recovered = self._regress(features, batch["simulated"])
+        elif not bool(available.all()):
+            features, recovered = self._regress(features, available)
         prediction = self.fusion(features)
         if self.info.task == "regression":
             prediction = prediction.squeeze(-1)  # (B,)
         return {"prediction": prediction, "features": features, "recovered": recovered}
+
+    def _regress(
+        self, features: dict[str, torch.Tensor], available: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Fill every entry that ``available: (B, M)`` hides from the sample's other entries."""
+        names = self.info.modality_names
+        # Detached: the reconstruction trains the regressors, not the extractors (frozen when
+        # anything is really missing, and left to the task when recovery is only simulated).
+        stacked = torch.stack([features[m].detach() for m in names])  # (M, B, d, T')
+        weights = available.to(stacked.dtype)  # (B, M)
+        count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
+        # Unavailable modalities' features are zeros, and weighted 0 besides.
+        source = torch.einsum("mbct,bm->bct", stacked, weights) / count[:, None, None]
+        estimates = {}
+        # Modalities missing from the same samples are regressed together.
+        for index, targets in missing_subsets(available):
+            inputs = source.index_select(0, index)  # (n, d, T')
+            outputs = self.regressors(
+                inputs.expand(len(targets), *inputs.shape), group=targets
+            )  # (len(targets), n, d, T')
+            for j, x in zip(targets, outputs.unbind(0), strict=True):
+                estimates[j] = (index, x)
+        filled = dict(features)
+        recovered = {}
+        for j, m in enumerate(names):
+            if j in estimates:
+                index, estimate = estimates[j]
+                filled[m] = features[m].index_copy(0, index, estimate)
+                recovered[m] = (index, estimate)
+        return filled, recovered
 
     def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:
         """task + reconstruction_weight · MSE over the recovered entries that have real features."""

@@ -14,6 +14,7 @@ nor any value of a missing modality.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from dicmor.data.labels import prior_classes
 from dicmor.flows.glow import Flow
 from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
 from dicmor.fusion.mult import MulT
-from dicmor.models.base import DataInfo
+from dicmor.models.base import DataInfo, Stage
 from dicmor.models.extractors import ShallowExtractors
 from dicmor.models.recovery import Recovering, missing_subsets
 from dicmor.nn.rcan import RefinementNetwork
@@ -45,14 +46,23 @@ class DiCMoR(Recovering):
                 f"model.mult.dim must be >= 2 for dicmor, got {dim}: its flows split the "
                 "feature channels in two halves"
             )
+        # The parts every MulT method shares are built first, from the same generator state as
+        # in zero-fill, so that with nothing missing DiCMoR's fusion trains exactly as
+        # zero_fill_pretrained's does (the flows' NLL does not reach the extractors).
         self.extractors = ShallowExtractors(info, config)
-        # One flow per modality, run as the groups of one grouped flow (group j = modality j).
-        self.flows = Flow(
-            dim,
-            options.flow_steps,
-            options.flow_step_type,
-            options.flow_hidden,
-            groups=len(names),
+        self.fusion = MulT(names, config.mult, info.output_dim)
+        # One flow per modality, run as the groups of one grouped flow (group j = modality j);
+        # untrained flows (an ablation) are the identity and are not built.
+        self.flows = (
+            Flow(
+                dim,
+                options.flow_steps,
+                options.flow_step_type,
+                options.flow_hidden,
+                groups=len(names),
+            )
+            if options.train_flows
+            else None
         )
         self.prior = ClassConditionalPrior(info.prior_classes, dim)
         # One refinement network per modality, run as the groups of one module.
@@ -64,7 +74,13 @@ class DiCMoR(Recovering):
             if options.transfer == "decode-merge"
             else None
         )
-        self.fusion = MulT(names, config.mult, info.output_dim)
+        # Whether the flows take part in the current stage: with a flow stage of their own
+        # they are fitted there, on final features, and skipped in stage 1.
+        self._flows_active = True
+        # Dequantisation noise has a generator of its own, seeded from the global one once,
+        # so that it does not shift the dropout draws of the rest of the model.
+        self._noise_seed = torch.initial_seed()
+        self._noise: torch.Generator | None = None
         # Largest magnitude of each modality's real features seen in training: decoding a latent
         # far from the training data can expand without bound through the inverse couplings,
         # so a recovered value is kept within the range the real features take.
@@ -72,24 +88,55 @@ class DiCMoR(Recovering):
         # Set once the prior's class means start at the class means of the first latents.
         self.register_buffer("prior_initialized", torch.tensor(False))
 
+    def stages(self) -> list[Stage]:
+        """Stage 1 on complete data; with ``flow_stage_epochs`` a stage fitting the flows (and
+        the recovery) on the now fixed features; stage 2 under the protocol."""
+        options = self.config.dicmor
+        complete, missing = super().stages()
+        if options.flow_stage_epochs == 0 or self.flows is None:
+            return [complete, missing]
+        flows = Stage(
+            "flows",
+            complete_data=True,
+            max_epochs=options.flow_stage_epochs,
+            monitor="recovery",
+            lr=options.flow_lr,
+            simulate_rate=options.stage1_recovery_rate,
+            frozen=("extractors", "fusion"),
+        )
+        # Stage 1 then neither fits the flows nor recovers through them.
+        return [replace(complete, simulate_rate=0.0), flows, missing]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """As `TwoStage`; stage 1 leaves out flows that have a stage of their own."""
+        super().begin_stage(stage)
+        self._flows_active = not (
+            self.config.dicmor.flow_stage_epochs > 0 and stage.name == self.stages()[0].name
+        )
+
     def forward(self, batch: dict) -> dict[str, Any]:
         """Recover what is missing, fuse, predict.
 
         Returns ``prediction`` ((B,) or (B, K)), ``features`` ({m: (B, d, T')} with recovered
         entries filled in), ``latents`` ({m: (index (n,), z (n, d, T'), logdet (n,))} for the
         available samples of each modality, computed when training or when needed for recovery)
-        and ``recovered`` ({m: (index (n,), refined (n, d, T'))} for the samples missing m).
+        and ``recovered`` ({m: (index (n,), refined (n, d, T'))} for the samples missing m; for
+        a batch that carries a ``simulated`` mask, the samples it hides, recovered for the
+        recovery losses only).
         """
         features = self.extractors(batch)
         available = batch["available"]  # (B, M)
+        simulated = batch.get("simulated")
         missing_any = not bool(available.all())
         latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         recovered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.training:
             self._track_bounds(features, available)
-        if self.training or missing_any:
+        if self._flows_active and (self.training or missing_any or simulated is not None):
             latents = self._encode(features, available)
-            if missing_any:
+            if simulated is not None:
+                _, recovered = self._recover(features, simulated, latents)
+            elif missing_any:
                 features, recovered = self._recover(features, available, latents)
         prediction = self.fusion(features)
         if self.info.task == "regression":
@@ -107,6 +154,22 @@ class DiCMoR(Recovering):
         seen = (seen * available.T.to(seen.dtype)).amax(dim=1)  # (M,)
         self.feature_bound.copy_(torch.maximum(self.feature_bound, seen))
 
+    def _dequantized(self, stacked: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+        """``stacked: (M, B, d, T')`` plus Gaussian noise of ``dequantize`` times each
+        modality's RMS over its available samples (training only)."""
+        scale = self.config.dicmor.dequantize
+        if scale == 0 or not self.training:
+            return stacked
+        if self._noise is None or self._noise.device != stacked.device:
+            self._noise = torch.Generator(stacked.device).manual_seed(self._noise_seed)
+        weights = available.T.to(stacked.dtype)[:, :, None, None]  # (M, B, 1, 1)
+        count = (weights.sum(dim=1) * stacked.shape[2] * stacked.shape[3]).clamp(min=1.0)
+        rms = ((stacked.square() * weights).sum(dim=1) / count).sqrt()  # (M, 1, 1)
+        noise = torch.randn(
+            stacked.shape, generator=self._noise, device=stacked.device, dtype=stacked.dtype
+        )
+        return stacked + scale * rms[:, None] * noise
+
     def _encode(
         self, features: dict[str, torch.Tensor], available: torch.Tensor
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -123,17 +186,21 @@ class DiCMoR(Recovering):
         latents = {}
         if not present:
             return latents
-        if len(present) == 1:
+        stacked = self._dequantized(torch.stack([features[m] for m in names]), available)
+        if self.flows is None:
+            # Identity flows: the latent is the feature itself, of log-determinant 0.
+            z, logdet = stacked, stacked.new_zeros(stacked.shape[:2])
+        elif len(present) == 1:
             # One modality alone (as when a whole batch keeps one): its group of the flow only.
             j = present[0]
             index = available[:, j].nonzero().squeeze(1)
-            z, logdet = self.flows(features[names[j]].index_select(0, index), group=j)
+            z, logdet = self.flows(stacked[j].index_select(0, index), group=j)
             return {names[j]: (index, z, logdet)}
-        stacked = torch.stack([features[m] for m in names])  # (M, B, d, T')
-        # Every modality on the whole batch in one pass; the samples where a modality is
-        # unavailable (zeros) are computed but kept out of its latents and of ActNorm's
-        # initialisation.
-        z, logdet = self.flows(stacked, mask=available.T)  # (M, B, d, T'), (M, B)
+        else:
+            # Every modality on the whole batch in one pass; the samples where a modality is
+            # unavailable (zeros) are computed but kept out of its latents and of ActNorm's
+            # initialisation.
+            z, logdet = self.flows(stacked, mask=available.T)  # (M, B, d, T'), (M, B)
         for j in present:
             index = available[:, j].nonzero().squeeze(1)
             latents[names[j]] = (
@@ -143,30 +210,45 @@ class DiCMoR(Recovering):
             )
         return latents
 
+    def _inverse(self, z: torch.Tensor, group: int | list[int]) -> torch.Tensor:
+        """Decode latents with the flows of ``group`` (identity flows: unchanged)."""
+        if self.flows is None:
+            return z
+        if self.config.dicmor.recovery_trains_flows:
+            return self.flows.inverse(z, group=group)
+        # No gradient reaches the flows through the recovery (SPEC §5.5).
+        with torch.no_grad():
+            return self.flows.inverse(z, group=group)
+
     def _recover(
         self,
         features: dict[str, torch.Tensor],
         available: torch.Tensor,
         latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """Fill every missing (sample, modality) entry from that sample's available modalities.
+        """Fill every entry that ``available: (B, M)`` hides from that sample's entries it
+        shows (``latents`` may cover more samples than ``available`` shows: they are weighted
+        out).
 
-        The latents enter detached: the flows learn from their NLL only, not from the recovery.
+        The latents enter detached unless ``recovery_trains_flows``: the flows then learn from
+        their NLL only.
         """
         names = self.info.modality_names
         reference = next(iter(features.values()))
         weights = available.to(reference.dtype)  # (B, M)
+        keep_graph = self.config.dicmor.recovery_trains_flows and self.flows is not None
         # Every modality's latents on the whole batch, zeros where unavailable.
-        full = reference.new_zeros(len(names), *reference.shape)  # (M, B, d, T')
-        for j, m in enumerate(names):
+        rows = []
+        for m in names:
+            row = reference.new_zeros(reference.shape)
             if m in latents:
                 index, z, _ = latents[m]
-                full[j].index_copy_(0, index, z.detach())
+                row = row.index_copy(0, index, z if keep_graph else z.detach())
+            rows.append(row)
+        full = torch.stack(rows) * weights.T[:, :, None, None]  # (M, B, d, T')
         fused = None
         if self.mergers is None:
-            # The mean of the available latents does not depend on which modality is decoded.
-            count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
-            fused = torch.einsum("mbct,bm->bct", full, weights) / count[:, None, None]
+            fused = self._fuse_latents(full, weights)
         refinements: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # Modalities missing from the same samples decode and refine together.
         for index, targets in missing_subsets(available):
@@ -176,11 +258,9 @@ class DiCMoR(Recovering):
                 )  # (len(targets), n, d, T')
             else:
                 latent = fused.index_select(0, index)  # (n, d, T')
-                # No gradient reaches the flows through the recovery (SPEC §5.5).
-                with torch.no_grad():
-                    decoded = self.flows.inverse(
-                        latent.expand(len(targets), *latent.shape), group=targets
-                    )  # (len(targets), n, d, T')
+                decoded = self._inverse(
+                    latent.expand(len(targets), *latent.shape), targets
+                )  # (len(targets), n, d, T')
             bound = self.feature_bound[targets][:, None, None, None]
             decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
             # Their refinement networks run together too, as the groups of one module.
@@ -196,6 +276,30 @@ class DiCMoR(Recovering):
                 recovered[m] = (index, refined)
         return filled, recovered
 
+    def _fuse_latents(self, full: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One latent per sample from the available ones: ``full: (M, B, d, T')`` (zeros where
+        unavailable), ``weights: (B, M)`` availability → ``(B, d, T')``.
+
+        ``mean``: their mean. ``moment-matched``: with k latents of one class c, each a draw of
+        N(mu_c, sigma_c^2), their mean has variance sigma_c^2 / k; it is rescaled about the
+        class mean, mu + sqrt(k) (mean - mu), with mu the prior's class means weighted by the
+        class posterior of the available latents (uniform class prior). One latent is kept
+        as it is.
+        """
+        count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
+        mean = torch.einsum("mbct,bm->bct", full, weights) / count[:, None, None]
+        if self.config.dicmor.transfer != "moment-matched" or self.flows is None:
+            return mean
+        prior = self.prior
+        with torch.no_grad():
+            mu, log_std = prior.mean.detach(), prior.log_std.detach()  # (K, d)
+            u = (full[:, :, None] - mu[None, None, :, :, None]) * (-log_std).exp()[..., None]
+            log_density = (-0.5 * u.square() - log_std[..., None]).sum(dim=(3, 4))  # (M, B, K)
+            log_posterior = torch.einsum("mbk,bm->bk", log_density, weights)
+            posterior = log_posterior.softmax(dim=1)  # (B, K)
+            centre = (posterior @ mu)[:, :, None]  # (B, d, 1)
+        return centre + count.sqrt()[:, None, None] * (mean - centre)
+
     def _decode_merge(
         self, target: int, latents: torch.Tensor, weights: torch.Tensor
     ) -> torch.Tensor:
@@ -206,17 +310,17 @@ class DiCMoR(Recovering):
         name = self.info.modality_names[target]
         sources = [j for j in range(len(self.info.modality_names)) if j != target]
         n = latents.shape[1]
-        # The decodings carry no gradient to the flows (SPEC §5.5): they learn from their NLL
-        # only. The merge itself is learnt, by the reconstruction loss.
-        with torch.no_grad():
-            # The sources stacked along the batch decode in one inverse pass.
-            decoded = self.flows.inverse(latents[sources].flatten(0, 1), group=target)
-            decoded = decoded.view(len(sources), n, *decoded.shape[1:])  # (M − 1, n, d, T')
-            decoded = decoded * weights[:, sources].T[:, :, None, None]
+        # The decodings carry no gradient to the flows (SPEC §5.5) unless
+        # ``recovery_trains_flows``. The merge itself is learnt, by the reconstruction loss.
+        # The sources stacked along the batch decode in one inverse pass.
+        decoded = self._inverse(latents[sources].flatten(0, 1), target)
+        decoded = decoded.view(len(sources), n, *decoded.shape[1:])  # (M − 1, n, d, T')
+        decoded = decoded * weights[:, sources].T[:, :, None, None]
         return self.mergers[name](torch.cat(decoded.unbind(0), dim=1))  # (n, d, T')
 
     def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:
-        """task + nll_weight · Σ_m NLL_m (bits/dim) + reconstruction_weight · MSE (SPEC §5.8).
+        """task + nll_weight · Σ_m NLL_m (bits/dim) + reconstruction_weight · MSE (SPEC §5.8);
+        ``recovery`` is the sum of the last two.
 
         The NLL covers the available samples of each modality; the reconstruction covers the
         recovered entries whose real features exist (``present``), so a genuinely absent entry
@@ -227,19 +331,26 @@ class DiCMoR(Recovering):
         classes = prior_classes(batch["label"], self.info.task)
         zero = task.new_zeros(())
         latents = output["latents"]
-        if not latents:
-            # At evaluation on complete data the forward pass skips the flows; the validation
-            # loss that selects checkpoints still needs their NLL.
-            latents = self._encode(output["features"], batch["available"])
-        if self.training and not bool(self.prior_initialized):
-            self._initialize_prior(latents, classes)
         nll = zero
-        for index, z, logdet in latents.values():
-            log_prob = self.prior.log_prob(z, classes.index_select(0, index))
-            nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
+        if self._flows_active and self.flows is not None:
+            if not latents:
+                # At evaluation on complete data the forward pass skips the flows; a validation
+                # loss that monitors the NLL still needs it.
+                latents = self._encode(output["features"], batch["available"])
+            if self.training and not bool(self.prior_initialized):
+                self._initialize_prior(latents, classes)
+            for index, z, logdet in latents.values():
+                log_prob = self.prior.log_prob(z, classes.index_select(0, index))
+                nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
         reconstruction = self.reconstruction_loss(output, batch)
-        total = task + options.nll_weight * nll + options.reconstruction_weight * reconstruction
-        return {"total": total, "task": task, "nll": nll, "reconstruction": reconstruction}
+        recovery = options.nll_weight * nll + options.reconstruction_weight * reconstruction
+        return {
+            "total": task + recovery,
+            "task": task,
+            "nll": nll,
+            "reconstruction": reconstruction,
+            "recovery": recovery,
+        }
 
     @torch.no_grad()
     def _initialize_prior(

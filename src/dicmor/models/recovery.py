@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from dicmor.models.base import Stage
 from dicmor.models.two_stage import TwoStage
 
 
@@ -22,7 +25,18 @@ def missing_subsets(available: torch.Tensor) -> list[tuple[torch.Tensor, list[in
 
 class Recovering(TwoStage):
     """A two-stage method whose ``forward`` output carries ``recovered``:
-    ``{m: (index (n,), features (n, d, T'))}`` for the samples missing modality m."""
+    ``{m: (index (n,), features (n, d, T'))}`` for the samples missing modality m.
+
+    With ``model.dicmor.stage1_recovery_rate`` > 0 the complete-data stage also simulates
+    missing modalities at that rate (``batch["simulated"]``): the recovery learns from them
+    while the fusion sees complete data, so stage 2 does not start the recovery at random.
+    """
+
+    def stages(self) -> list[Stage]:
+        """As `TwoStage`, the complete-data stage simulating missingness if configured."""
+        complete, *rest = super().stages()
+        rate = self.config.dicmor.stage1_recovery_rate
+        return [replace(complete, simulate_rate=rate), *rest]
 
     @torch.no_grad()
     def target_features(self, modality: str, batch: dict, index: torch.Tensor) -> torch.Tensor:

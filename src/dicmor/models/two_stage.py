@@ -22,18 +22,17 @@ class TwoStage(MultimodalModel):
     _extractors_frozen: bool = False
 
     def stages(self) -> list[Stage]:
-        """Stage 1 on complete data (cacheable), stage 2 under the missing protocol."""
+        """Stage 1 on complete data (cacheable), stage 2 under the missing protocol with the
+        extractors frozen."""
         return [
             Stage("complete", complete_data=True, max_epochs=self.config.dicmor.stage1_epochs),
-            Stage("missing"),
+            Stage("missing", frozen=("extractors",)),
         ]
 
     def begin_stage(self, stage: Stage) -> None:
-        """Stage 2 freezes the shallow extractors (and the text encoder)."""
-        frozen = stage.name == "missing"
-        self._extractors_frozen = frozen
-        for p in self.extractors.parameters():
-            p.requires_grad_(not frozen)
+        """Freeze what the stage names; a frozen text encoder also stops its dropout."""
+        super().begin_stage(stage)
+        self._extractors_frozen = "extractors" in stage.frozen
         self.train(self.training)
 
     def train(self, mode: bool = True) -> TwoStage:

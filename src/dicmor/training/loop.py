@@ -58,12 +58,22 @@ def fit(
     *,
     max_epochs: int | None = None,
     desc: str = "train",
+    objective: str = "total",
+    monitor: str | None = None,
+    lr: float | None = None,
 ) -> FitResult:
-    """Train ``model`` in place and restore its best state by validation loss."""
+    """Train ``model`` in place and restore its best state by validation loss.
+
+    ``objective`` is the loss term optimised; ``monitor`` the validation term that selects the
+    best epoch (default ``config.select_on``); ``lr`` overrides ``config.lr``.
+    """
+    monitor = monitor or config.select_on
     params = [p for p in model.parameters() if p.requires_grad]
     # The fused kernel updates all parameters in one pass: DiCMoR has thousands of small
     # parameter tensors, for which the per-tensor update dominates the step on CPU.
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    optimizer = torch.optim.Adam(
+        params, lr=lr or config.lr, weight_decay=config.weight_decay, fused=True
+    )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
     )
@@ -87,16 +97,23 @@ def fit(
         )
         for step, batch in enumerate(bar, start=1):
             losses = model.loss(model(batch), batch)
-            total = losses["total"]
-            if not torch.isfinite(total):
+            total = losses[objective]
+            if not torch.isfinite(losses["total"]) or not torch.isfinite(total):
                 raise TrainingError(
                     f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
                     + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                 )
-            (total / config.grad_accum).backward()
-            if step % config.grad_accum == 0 or step == len(train):
+            update = step % config.grad_accum == 0 or step == len(train)
+            if config.accumulation == "sum":
+                total.backward()
+                # The public code's order: the running sum is clipped after every micro-batch.
                 if config.clip_value is not None:
                     torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
+            else:
+                (total / config.grad_accum).backward()
+                if update and config.clip_value is not None:
+                    torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
+            if update:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             size = len(batch["label"])
@@ -105,7 +122,12 @@ def fit(
             seen += size
             bar.set_postfix(loss=f"{sums['total'] / seen:.4f}")
         valid_losses = _mean_losses(model, valid)
-        valid_loss = valid_losses["total"]
+        if monitor not in valid_losses:
+            raise TrainingError(
+                f"{desc}: the validation losses have no term '{monitor}' to select on "
+                f"(terms: {sorted(valid_losses)})"
+            )
+        valid_loss = valid_losses[monitor]
         scheduler.step(valid_loss)
         record = {"epoch": float(epoch), "lr": optimizer.param_groups[0]["lr"]}
         record.update({f"train_{k}": v / seen for k, v in sums.items()})

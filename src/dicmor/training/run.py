@@ -38,8 +38,8 @@ from dicmor.data.batches import Batches
 from dicmor.data.dataset import DataError, MultimodalDataset
 from dicmor.data.embedded import load_embedded
 from dicmor.evaluation.evaluate import evaluate
-from dicmor.missing.protocols import make_masks, save_masks
-from dicmor.models.base import DataInfo, MultimodalModel
+from dicmor.missing.protocols import MissingProtocol, epoch_mask, make_masks, save_masks
+from dicmor.models.base import DataInfo, MultimodalModel, Stage
 from dicmor.registry import build_model
 from dicmor.training.loop import FitResult, fit
 
@@ -181,11 +181,40 @@ def training_batches(
     masks: dict[str, np.ndarray],
     config: TrainConfig,
     device: torch.device | str = "cpu",
+    *,
+    protocol: MissingProtocol | None = None,
+    simulate_rate: float = 0.0,
 ) -> tuple[Batches, Batches]:
-    """The shuffled train and the ordered valid batches of a stage, with reconstruction targets."""
+    """The shuffled train and the ordered valid batches of a stage, with reconstruction targets.
+
+    With ``config.redraw_masks`` and a ``protocol``, the training mask of every epoch is drawn
+    anew (:func:`~dicmor.missing.protocols.epoch_mask`); ``simulate_rate > 0`` adds a simulated
+    random mask at that rate to every batch (drawn anew every epoch for training, fixed for
+    validation).
+    """
     names = dataset.modality_names
+    train_split, valid_split = dataset.splits["train"], dataset.splits["valid"]
+    schedule = None
+    if protocol is not None and config.redraw_masks:
+
+        def schedule(epoch: int, order: np.ndarray) -> np.ndarray:
+            return epoch_mask(protocol, train_split.present, names, config.seed, epoch, order)
+
+    simulate = simulate_valid = None
+    if simulate_rate > 0:
+        simulated = MissingProtocol("random", simulate_rate)
+
+        def simulate(epoch: int, order: np.ndarray) -> np.ndarray:
+            present = masks["train"]
+            return epoch_mask(simulated, present, names, config.seed, epoch, split="simulated")
+
+        fixed = epoch_mask(simulated, masks["valid"], names, config.seed, 0, split="simulated")
+
+        def simulate_valid(epoch: int, order: np.ndarray) -> np.ndarray:
+            return fixed
+
     train = Batches(
-        dataset.splits["train"],
+        train_split,
         names,
         masks["train"],
         config.batch_size,
@@ -193,16 +222,49 @@ def training_batches(
         seed=config.seed,
         device=device,
         with_targets=True,
+        schedule=schedule,
+        simulate=simulate,
     )
     valid = Batches(
-        dataset.splits["valid"],
+        valid_split,
         names,
         masks["valid"],
         config.batch_size,
         device=device,
         with_targets=True,
+        simulate=simulate_valid,
     )
     return train, valid
+
+
+def _fit_stage(
+    model: MultimodalModel,
+    stage: Stage,
+    dataset: MultimodalDataset,
+    masks: dict[str, np.ndarray],
+    config: Config,
+    device: torch.device,
+) -> FitResult:
+    """Train one stage: complete data or the protocol's masks, the stage's own settings."""
+    train, valid = training_batches(
+        dataset,
+        masks,
+        config.train,
+        device,
+        protocol=None if stage.complete_data else config.missing,
+        simulate_rate=stage.simulate_rate if stage.complete_data else 0.0,
+    )
+    return fit(
+        model,
+        train,
+        valid,
+        config.train,
+        max_epochs=stage.max_epochs,
+        desc=stage.name,
+        objective=stage.objective,
+        monitor=stage.monitor,
+        lr=stage.lr,
+    )
 
 
 def run_experiment(
@@ -263,8 +325,7 @@ def run_experiment(
                 log(f"{stage.name}: reusing cached weights {cache}")
                 continue
             log(f"{stage.name}: not reusing {cache} ({problem}); training the stage again")
-        train, valid = training_batches(dataset, stage_masks, train_cfg, device)
-        result = fit(model, train, valid, train_cfg, max_epochs=stage.max_epochs, desc=stage.name)
+        result = _fit_stage(model, stage, dataset, stage_masks, config, device)
         stages[stage.name] = result
         log(
             f"{stage.name}: best epoch {result.best_epoch}/{result.epochs_run}, "
