@@ -306,6 +306,10 @@ def run_experiment(
 
     info = DataInfo.from_dataset(dataset)
     model = build_model(info, config.model).to(device)
+    # Training draws (dropout) start from the seed again, whatever the construction drew: methods
+    # that differ only in modules the data never reach (recovery when nothing is missing) then
+    # train identically.
+    seed_everything(config.train.seed)
     train_cfg = config.train
     stages: dict[str, FitResult] = {}
     nothing_missing = all(np.array_equal(masks[s], presents[s]) for s in ("train", "valid"))
