@@ -320,3 +320,25 @@ def test_evaluate_takes_one_way_of_choosing_masks(
     assert capsys.readouterr().err.strip() == (
         "error: evaluate: give at most one of --missing, --masks and --subsets"
     )
+
+
+def test_evaluate_gaps_reports_and_saves_the_distribution_gaps(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["evaluate", str(trained / "other"), "--gaps"]) == 0
+    out = capsys.readouterr().out
+    assert "class_mmd (zeros)" in out and "frechet (zeros)" in out
+    saved = json.loads((trained / "other" / "gaps.json").read_text())
+    assert saved["split"] == "test"
+    (gaps,) = saved["gaps"].values()
+    assert sorted(gaps) == ["a", "b", "c"]
+    for row in gaps.values():
+        assert row["n"] > 0
+        assert row["mse"] >= 0 and row["mmd_zero"] > 0 and row["frechet_zero"] > 0
+
+
+def test_evaluate_gaps_of_a_method_that_recovers_nothing_is_an_error(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["evaluate", str(trained / "main"), "--gaps"]) == 2
+    assert "recovers no features" in capsys.readouterr().err

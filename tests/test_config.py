@@ -91,3 +91,21 @@ def test_missing_protocol_section_builds_the_protocol(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("missing:\n  kind: fixed\n  keep: [fourier, zernike]\n")
     assert load_config(path).missing == MissingProtocol(kind="fixed", keep=("fourier", "zernike"))
+
+
+def test_mosi_and_mosei_presets_carry_the_public_code_settings() -> None:
+    # SPEC §9: source-keyed attention dropout, no ReLU / residual dropout, causal masks, summed
+    # accumulation clipped per micro-batch, selection on the validation task loss.
+    for name in ("mosi", "mosei"):
+        config = load_config(name)
+        mult = config.model.mult
+        assert mult.attn_dropout_keyed_by == "source", name
+        assert (mult.relu_dropout, mult.res_dropout, mult.attn_mask) == (0.0, 0.0, True), name
+        assert (config.train.accumulation, config.train.select_on) == ("sum", "task"), name
+    mosi = load_config("mosi").model.mult
+    assert mosi.crossmodal_attn_dropout("text", "audio") == 0.2
+    assert mosi.crossmodal_attn_dropout("audio", "text") == 0.3
+    assert mosi.crossmodal_attn_dropout("text", "vision") == 0.0
+    mosei = load_config("mosei").model.mult
+    assert mosei.attn_dropout_by_modality == {"audio": 0.0, "vision": 0.0}
+    assert mosei.crossmodal_attn_dropout("audio", "text") == 0.2

@@ -104,3 +104,19 @@ def test_recovery_gaps_measure_recoveries_and_zeros_on_the_missing_entries() -> 
     assert mse_zeros == pytest.approx(float(real.double().square().mean()))
     assert mse_recovered == pytest.approx(float((recovered - real).double().square().mean()))
     assert mmd_recovered > 0 and mmd_zeros > 0 and mmd_recovered != mmd_zeros
+
+
+def test_frechet_distance_of_gaussian_samples_matches_the_closed_form() -> None:
+    from dicmor.reporting.gaps import frechet_distance
+
+    # Same covariance: the distance is the squared distance of the means; the sample estimates
+    # of a large sample are close to it.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20000, 3))
+    y = rng.standard_normal((20000, 3)) + np.array([1.0, 2.0, 0.0])
+    assert frechet_distance(x, y) == pytest.approx(5.0, abs=0.1)
+    # Isotropic variances 1 and 4 at one mean: Tr(I + 4I - 2·2I) = 3 · 1.
+    assert frechet_distance(x, 2 * rng.standard_normal((20000, 3))) == pytest.approx(3.0, abs=0.1)
+    # A collapse to the mean: Tr(S) = 3, although the means agree.
+    assert frechet_distance(x, np.zeros((10, 3))) == pytest.approx(3.0, abs=0.1)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)

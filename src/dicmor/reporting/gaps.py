@@ -15,6 +15,7 @@ Both accept numpy arrays or torch tensors and return a Python float computed in 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -149,8 +150,12 @@ def frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
     mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
     cov_a = np.atleast_2d(np.cov(a, rowvar=False))
     cov_b = np.atleast_2d(np.cov(b, rowvar=False))
-    root = linalg.sqrtm(cov_a @ cov_b)
-    # Rounding leaves a tiny imaginary part (and sqrtm of a singular product may warn).
+    with warnings.catch_warnings():
+        # A singular product (e.g. against a recovery of all zeros) has a square root all the
+        # same; scipy warns that it may be inexact.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(cov_a @ cov_b)
+    # Rounding leaves a tiny imaginary part.
     root = np.real(root)
     value = float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
     return max(value, 0.0)
@@ -257,3 +262,16 @@ def distribution_gaps(
         row.update({f"{k}_zero": v for k, v in zero.items()})
         gaps[m] = row
     return gaps
+
+
+def gaps_table(gaps: dict[str, dict[str, float]]) -> str:
+    """A text table of :func:`distribution_gaps`: one row per modality, recovery / zeros."""
+    header = ["modality", "n", *(f"{k} (zeros)" for k in GAP_KEYS)]
+    rows = [
+        [m, str(int(row["n"])), *(f"{row[k]:.4f} ({row[k + '_zero']:.4f})" for k in GAP_KEYS)]
+        for m, row in gaps.items()
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    )
