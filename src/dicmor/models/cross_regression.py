@@ -19,7 +19,7 @@ from dicmor.config import ModelConfig
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo
 from dicmor.models.extractors import ShallowExtractors
-from dicmor.models.recovery import Recovering, missing_subsets
+from dicmor.models.recovery import Recovering, fill_recovered, missing_subsets
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
@@ -81,14 +81,7 @@ class CrossModalRegression(Recovering):
             )  # (len(targets), n, d, T')
             for j, x in zip(targets, outputs.unbind(0), strict=True):
                 estimates[j] = (index, x)
-        filled = dict(features)
-        recovered = {}
-        for j, m in enumerate(names):
-            if j in estimates:
-                index, estimate = estimates[j]
-                filled[m] = features[m].index_copy(0, index, estimate)
-                recovered[m] = (index, estimate)
-        return filled, recovered
+        return fill_recovered(features, names, estimates)
 
     def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:
         """task + reconstruction_weight · MSE over the recovered entries that have real features."""

@@ -27,7 +27,7 @@ from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo, Stage
 from dicmor.models.extractors import ShallowExtractors
-from dicmor.models.recovery import Recovering, missing_subsets
+from dicmor.models.recovery import Recovering, fill_recovered, missing_subsets
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
@@ -267,14 +267,7 @@ class DiCMoR(Recovering):
             refined = self.refiners(decoded, group=targets)  # (len(targets), n, d, T')
             for j, x in zip(targets, refined.unbind(0), strict=True):
                 refinements[j] = (index, x)
-        filled = dict(features)
-        recovered = {}
-        for j, m in enumerate(names):
-            if j in refinements:
-                index, refined = refinements[j]
-                filled[m] = features[m].index_copy(0, index, refined)
-                recovered[m] = (index, refined)
-        return filled, recovered
+        return fill_recovered(features, names, refinements)
 
     def _fuse_latents(self, full: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One latent per sample from the available ones: ``full: (M, B, d, T')`` (zeros where

@@ -23,6 +23,23 @@ def missing_subsets(available: torch.Tensor) -> list[tuple[torch.Tensor, list[in
     return list(subsets.values())
 
 
+def fill_recovered(
+    features: dict[str, torch.Tensor],
+    names: tuple[str, ...],
+    estimates: dict[int, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Put recovered entries in place: ``estimates`` ``{j: (index (n,), x (n, d, T'))}`` by
+    modality position → (``features`` with those rows replaced, ``{m: (index, x)}``)."""
+    filled = dict(features)
+    recovered = {}
+    for j, m in enumerate(names):
+        if j in estimates:
+            index, estimate = estimates[j]
+            filled[m] = features[m].index_copy(0, index, estimate)
+            recovered[m] = (index, estimate)
+    return filled, recovered
+
+
 class Recovering(TwoStage):
     """A two-stage method whose ``forward`` output carries ``recovered``:
     ``{m: (index (n,), features (n, d, T'))}`` for the samples missing modality m.
