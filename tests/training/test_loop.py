@@ -149,18 +149,49 @@ def test_accumulated_half_batches_give_the_full_batch_gradient() -> None:
     torch.testing.assert_close(summed, 2 * full, rtol=1e-4, atol=1e-7)
 
 
+class _Linear(MultimodalModel):
+    """One weight w; the loss of a batch is w times its mean label, so its gradient is that
+    mean: hand-chosen gradients per micro-batch."""
+
+    def __init__(self, data: MultimodalDataset) -> None:
+        super().__init__(DataInfo.from_dataset(data), small_config("zero_fill").model)
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"prediction": self.w.expand(len(batch["label"]))}
+
+    def loss(self, output: dict, batch: dict) -> dict[str, torch.Tensor]:
+        total = self.w * batch["label"].float().mean()
+        return {"total": total, "task": total}
+
+
+def _first_step_gradient(accumulation: str) -> float:
+    """The gradient of the first update, on micro-batches of gradient 1.0, then -0.5 (clip
+    0.6); the samples come in split order."""
+    data = tiny_dataset("regression", n=4)
+    data.splits["train"].labels[:] = np.array([1.0, -0.5, 0.0, 0.0], dtype=np.float32)
+    model = _Linear(data)
+    config = TrainConfig(
+        batch_size=1, grad_accum=2, max_epochs=1, clip_value=0.6, accumulation=accumulation
+    )
+    seen: list[float] = []
+
+    def record(optimizer, args, kwargs) -> None:
+        seen.append(float(model.w.grad))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        fit(model, batches(data, "train", 1), batches(data, "valid", 2), config)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 def test_summed_accumulation_clips_the_running_sum_after_every_micro_batch() -> None:
-    data = tiny_dataset("classification", n=16)
-    # Two micro-batches' own gradients, unclipped: the first and second halves of one order.
-    first_and_both = _step_gradients(data, 8, 2, clip_value=None, accumulation="sum")
-    clip = float(first_and_both.abs().quantile(0.5))
-    clipped = _step_gradients(data, 8, 2, clip_value=clip, accumulation="sum")
-    # The running sum is clipped after the second micro-batch too, so nothing exceeds the
-    # clip value; it may reach 2·clip before that, which the first clip prevents.
-    assert clipped.abs().max() <= clip + 1e-6
-    mean_clipped = _step_gradients(data, 8, 2, clip_value=clip, accumulation="mean")
-    assert mean_clipped.abs().max() <= clip + 1e-6
-    assert not torch.allclose(clipped, mean_clipped)
+    # sum: clip(clip(1.0) - 0.5) = 0.1; clipping only the sum would give clip(0.5) = 0.5.
+    assert _first_step_gradient("sum") == pytest.approx(0.1)
+    # mean: clip((1.0 - 0.5) / 2) = 0.25.
+    assert _first_step_gradient("mean") == pytest.approx(0.25)
 
 
 def test_accumulation_modes_agree_without_accumulation() -> None:
