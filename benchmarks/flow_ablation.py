@@ -55,6 +55,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "+dequantize": ("dicmor", {"model.dicmor.dequantize": 0.05}),
     "+moment_matched": ("dicmor", {"model.dicmor.transfer": "moment-matched"}),
     "+through_flows": ("dicmor", {"model.dicmor.recovery_trains_flows": True}),
+    "+align": ("dicmor", {"model.dicmor.align_weight": 1.0}),
+    "+align10": ("dicmor", {"model.dicmor.align_weight": 10.0}),
+    "+align+through_flows": (
+        "dicmor",
+        {"model.dicmor.align_weight": 1.0, "model.dicmor.recovery_trains_flows": True},
+    ),
+    "+align+flow_stage": (
+        "dicmor",
+        {"model.dicmor.align_weight": 1.0, "model.dicmor.flow_stage_epochs": 20},
+    ),
 }
 """Name → (method, overrides). ``+option`` is DiCMoR with that one option on."""
 

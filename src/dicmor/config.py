@@ -89,6 +89,14 @@ class DiCMoRConfig:
     the available modalities and decoding the missing one), so that the flows learn a latent
     space in which one modality's latent decodes to the other's features. Off, as the paper:
     the flows learn from their NLL only."""
+    align_weight: float = 0.0
+    """Weight of a cross-modal latent alignment term: for every training sample with two or
+    more modalities available, the mean squared distance of each modality's latent to their
+    mean (per element), trained into the flows only. The NLL makes each modality's latents
+    follow the shared class-conditional prior but says nothing about *which* latent a sample
+    takes, so one modality's latent carries no sample-level information to the other's
+    decoding; this term asks the flows to give paired entries the same latent. 0 (the paper)
+    disables."""
     refine_blocks: int = 20
     """Residual channel-attention blocks R of the refinement network."""
     refine_reduction: int = 16
@@ -110,7 +118,7 @@ class DiCMoRConfig:
             raise ConfigError("model.dicmor: flow_steps and flow_hidden must be >= 1")
         if self.refine_reduction < 1:
             raise ConfigError("model.dicmor.refine_reduction must be >= 1")
-        if self.nll_weight < 0 or self.reconstruction_weight < 0:
+        if self.nll_weight < 0 or self.reconstruction_weight < 0 or self.align_weight < 0:
             raise ConfigError("model.dicmor: loss weights must be >= 0")
         if self.dequantize < 0:
             raise ConfigError(f"model.dicmor.dequantize must be >= 0, got {self.dequantize}")

@@ -147,3 +147,38 @@ def test_recovered_values_stay_within_the_range_of_real_features() -> None:
         output = model(train_batch(data, mask))
     assert torch.isfinite(output["prediction"]).all()
     assert torch.equal(model.feature_bound, bound)  # evaluation does not move the bound
+
+
+def test_alignment_is_the_spread_of_a_samples_latents_about_their_mean() -> None:
+    model, _ = build(**{"model.dicmor.align_weight": 1.0})
+    available = torch.tensor([[True, True, False], [True, True, True], [True, False, False]])
+    z = {
+        "text": torch.tensor([[[1.0]], [[0.0]], [[5.0]]]),
+        "audio": torch.tensor([[[3.0]], [[3.0]]]),
+        "vision": torch.tensor([[[6.0]]]),
+    }
+    latents = {
+        "text": (torch.tensor([0, 1, 2]), z["text"], torch.zeros(3)),
+        "audio": (torch.tensor([0, 1]), z["audio"], torch.zeros(2)),
+        "vision": (torch.tensor([1]), z["vision"], torch.zeros(1)),
+    }
+    # Sample 0: latents 1 and 3 about 2 → 1 + 1; sample 1: 0, 3, 6 about 3 → 9 + 0 + 9;
+    # sample 2 has one latent and is left out: (2 + 18) / 5 entries.
+    assert model._alignment(latents, available).item() == pytest.approx(4.0)
+    one_each = torch.tensor([[True, False, False], [False, True, False], [True, False, False]])
+    alone = {
+        "text": (torch.tensor([0, 2]), z["text"][:2], torch.zeros(2)),
+        "audio": (torch.tensor([1]), z["audio"][:1], torch.zeros(1)),
+    }
+    assert model._alignment(alone, one_each).item() == 0.0
+
+
+def test_alignment_trains_the_flows_only() -> None:
+    model, data = build(**{"model.dicmor.align_weight": 1.0})
+    model.train()
+    batch = train_batch(data, np.ones((24, 3), dtype=bool), np.ones((24, 3), dtype=bool))
+    losses = model.loss(model(batch), batch)
+    assert losses["alignment"].item() > 0
+    losses["alignment"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.flows.parameters())
+    assert all(p.grad is None for p in model.extractors.parameters())

@@ -335,15 +335,47 @@ class DiCMoR(Recovering):
             for index, z, logdet in latents.values():
                 log_prob = self.prior.log_prob(z, classes.index_select(0, index))
                 nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
+        alignment = zero
+        if options.align_weight > 0 and latents:
+            alignment = self._alignment(latents, batch["available"])
         reconstruction = self.reconstruction_loss(output, batch)
-        recovery = options.nll_weight * nll + options.reconstruction_weight * reconstruction
+        recovery = (
+            options.nll_weight * nll
+            + options.reconstruction_weight * reconstruction
+            + options.align_weight * alignment
+        )
         return {
             "total": task + recovery,
             "task": task,
             "nll": nll,
             "reconstruction": reconstruction,
+            "alignment": alignment,
             "recovery": recovery,
         }
+
+    def _alignment(
+        self,
+        latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        available: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean squared distance, per element, of each available latent of a sample to the mean
+        of that sample's available latents, over the samples with two or more (0 if none)."""
+        names = [m for m in self.info.modality_names if m in latents]
+        reference = latents[names[0]][1]
+        batch_size = available.shape[0]
+        rows, columns = [], []
+        for m in names:
+            index, z, _ = latents[m]
+            rows.append(z.new_zeros(batch_size, *z.shape[1:]).index_copy(0, index, z))
+            columns.append(z.new_zeros(batch_size).index_fill(0, index, 1.0))
+        full, weights = torch.stack(rows), torch.stack(columns)  # (M', B, d, T'), (M', B)
+        count = weights.sum(dim=0)  # (B,)
+        paired = count >= 2
+        if not bool(paired.any()):
+            return reference.new_zeros(())
+        mean = (full * weights[:, :, None, None]).sum(dim=0) / count.clamp(min=1.0)[:, None, None]
+        squared = (full - mean).square().mean(dim=(2, 3)) * weights  # (M, B)
+        return squared[:, paired].sum() / weights[:, paired].sum()
 
     @torch.no_grad()
     def _initialize_prior(
