@@ -23,7 +23,7 @@ from dicmor.missing.protocols import make_masks
 from dicmor.models.base import DataInfo
 from dicmor.registry import build_model
 from dicmor.training.loop import fit
-from dicmor.training.run import training_batches
+from dicmor.training.stages import training_batches
 
 SIZES = {
     "mosi": ((1284, 229, 686), {"text": 768, "audio": 5, "vision": 20}),

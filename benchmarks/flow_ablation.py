@@ -39,9 +39,9 @@ from dicmor.config import load_config, parse_override
 from dicmor.data import load_dataset
 from dicmor.data.dataset import MultimodalDataset
 from dicmor.data.synthetic import make_classification_dataset, write_mmsa_pickle
+from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol, make_masks
 from dicmor.reporting.gaps import distribution_gaps
-from dicmor.training.run import run_experiment
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "zero_fill": ("zero_fill", {}),
@@ -50,7 +50,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dicmor_untrained_flows": ("dicmor", {"model.dicmor.train_flows": False}),
     "dicmor": ("dicmor", {}),
     "+redraw": ("dicmor", {"train.redraw_masks": True}),
-    "+stage1_recovery": ("dicmor", {"model.dicmor.stage1_recovery_rate": 0.5}),
+    "+stage1_recovery": ("dicmor", {"model.recovery.stage1_recovery_rate": 0.5}),
     "+flow_stage": ("dicmor", {"model.dicmor.flow_stage_epochs": 20}),
     "+dequantize": ("dicmor", {"model.dicmor.dequantize": 0.05}),
     "+moment_matched": ("dicmor", {"model.dicmor.transfer": "moment-matched"}),
@@ -122,7 +122,7 @@ def main() -> None:
         # The learning test's settings on the tiny model.
         common = {
             "model.kernel_size": 2,
-            "model.dicmor.reconstruction_weight": 10.0,
+            "model.recovery.reconstruction_weight": 10.0,
             "train.batch_size": 32,
             "train.lr": 3e-3,
             "train.max_epochs": 8,

@@ -22,16 +22,16 @@ import torch
 
 from dicmor.config import Config, load_config
 from dicmor.data.synthetic import make_classification_dataset
+from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.reporting.gaps import recovery_gaps
-from dicmor.training.run import run_experiment
 
 METHODS = ("zero_fill", "zero_fill_pretrained", "cross_regression", "dicmor")
 RECOVERING = ("cross_regression", "dicmor")
 # The learning test's settings on the ``tiny`` preset's model.
 SETTINGS = {
     "model.kernel_size": 2,
-    "model.dicmor.reconstruction_weight": 10.0,
+    "model.recovery.reconstruction_weight": 10.0,
     "train.batch_size": 32,
     "train.lr": 3e-3,
     "train.progress": False,

@@ -17,18 +17,18 @@ from dicmor.data import load_npz, save_npz
 from dicmor.data.synthetic import make_classification_dataset, write_mmsa_pickle
 from dicmor.evaluation.evaluate import evaluate
 from dicmor.missing.protocols import load_masks
-from dicmor.training.run import load_checkpoint
+from dicmor.training.checkpoints import load_checkpoint
 from tests.conftest import small_config
 
 SHRUNK = [
     "model.kernel_size=2",
-    "model.mult.dim=8",
+    "model.dim=8",
     "model.mult.num_heads=2",
     "model.mult.num_layers=1",
     "model.dicmor.flow_steps=2",
     "model.dicmor.flow_hidden=8",
-    "model.dicmor.refine_blocks=1",
-    "model.dicmor.refine_reduction=4",
+    "model.recovery.refine_blocks=1",
+    "model.recovery.refine_reduction=4",
     "train.batch_size=16",
     "train.max_epochs=1",
     "train.progress=false",
@@ -277,13 +277,13 @@ def test_a_flow_too_narrow_to_split_is_a_one_line_error(
         "--method",
         "dicmor",
         "--set",
-        "model.mult.dim=1",
+        "model.dim=1",
         "--set",
         "model.mult.num_heads=1",
     ]
     assert main(["train", "tiny", *settings, "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: model.mult.dim must be >= 2 for dicmor") and "\n" not in err
+    assert err.startswith("error: model.dim must be >= 2 for dicmor") and "\n" not in err
 
 
 def test_an_unavailable_device_is_a_one_line_error(

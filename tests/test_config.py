@@ -26,7 +26,7 @@ def test_every_preset_loads_and_names_a_registered_method(name: str) -> None:
 def test_presets_include_the_published_ones() -> None:
     assert {"demo", "mosi", "mosei", "sims"} <= set(preset_names())
     mosi = load_config("mosi")
-    assert (mosi.model.mult.dim, mosi.model.mult.num_heads, mosi.model.mult.num_layers) == (
+    assert (mosi.model.dim, mosi.model.mult.num_heads, mosi.model.mult.num_layers) == (
         32,
         8,
         4,
@@ -34,7 +34,7 @@ def test_presets_include_the_published_ones() -> None:
     assert (mosi.train.batch_size, mosi.train.grad_accum, mosi.model.kernel_size) == (4, 8, 5)
     assert mosi.model.input_dropout == {"text": 0.5}
     mosei = load_config("mosei")
-    assert (mosei.model.mult.dim, mosei.model.mult.num_layers, mosei.train.batch_size) == (
+    assert (mosei.model.dim, mosei.model.mult.num_layers, mosei.train.batch_size) == (
         64,
         6,
         16,

@@ -10,10 +10,11 @@ import pytest
 from dicmor.cli import main
 from dicmor.data.dataset import DataError
 from dicmor.evaluation.evaluate import evaluate
+from dicmor.experiments.run import run_experiment
 from dicmor.inference import predict, read_inputs
 from dicmor.missing.protocols import random_mask
 from dicmor.registry import model_names
-from dicmor.training.run import load_checkpoint, run_experiment
+from dicmor.training.checkpoints import load_checkpoint
 from tests.conftest import small_config, tiny_dataset
 
 

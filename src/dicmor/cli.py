@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +32,15 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         changes["data.source"] = args.data
     config = config.replace(**changes)
     if getattr(args, "missing", None):
-        config = Config(
-            config.data,
-            config.model,
-            config.train,
-            MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size),
-            config.output_dir,
-        )
+        protocol = MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size)
+        config = replace(config, missing=protocol)
     return config
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train one method under one missing protocol and report its test metrics."""
+    from dicmor.experiments.run import run_experiment
     from dicmor.reporting.tables import metrics_table
-    from dicmor.training.run import run_experiment
 
     config = _config_from_args(args)
     masks = None
@@ -55,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         masks, _ = load_masks(args.masks)
         with np.load(args.masks, allow_pickle=False) as saved:
             protocol = MissingProtocol.from_string(str(saved["protocol"]))
-        config = Config(config.data, config.model, config.train, protocol, config.output_dir)
+        config = replace(config, missing=protocol)
     result = run_experiment(config, name=args.name, masks=masks)
     row = {
         "method": config.model.method,
@@ -68,67 +63,26 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Evaluate a trained run under any protocol (or saved masks) on one split."""
-    from dicmor.evaluation.evaluate import evaluate
-    from dicmor.missing.protocols import load_masks, make_masks
+    from dicmor.data import load_data
+    from dicmor.evaluation.evaluate import evaluate_run, evaluation_masks
     from dicmor.reporting.tables import metrics_table
-    from dicmor.training.run import load_checkpoint, load_data, resolve_device
+    from dicmor.training.checkpoints import load_checkpoint
+    from dicmor.training.stages import resolve_device
 
     if sum(bool(option) for option in (args.masks, args.missing, args.subsets)) > 1:
         raise ConfigError("evaluate: give at most one of --missing, --masks and --subsets")
     device = resolve_device(args.device or "cpu")
     model, config = load_checkpoint(args.run, device)
     dataset = load_data(config.data)
-    names = dataset.modality_names
-    settings: list[tuple[str, dict[str, np.ndarray]]] = []  # (label, masks) to evaluate
-    if args.masks:
-        masks, mask_names = load_masks(args.masks)
-        if tuple(mask_names) != names:
-            raise DataError(f"{args.masks}: masks are for modalities {mask_names}, not {names}")
-        settings.append((f"masks {Path(args.masks).name}", masks))
-    else:
-        if args.subsets:
-            # Every non-empty subset of modalities kept, smallest first.
-            protocols = [
-                MissingProtocol("fixed", keep=subset)
-                for size in range(1, len(names) + 1)
-                for subset in itertools.combinations(names, size)
-            ]
-        elif args.missing:
-            protocols = [
-                MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size)
-            ]
-        else:
-            protocols = [config.missing]
-        seed = args.seed if args.seed is not None else config.train.seed
-        presents = {s: split.present for s, split in dataset.splits.items()}
-        for protocol in protocols:
-            settings.append((str(protocol), make_masks(protocol, presents, names, seed)))
-    rows = []
-    for label, masks in settings:
-        if args.split not in masks:
-            raise DataError(f"{args.masks}: no mask for split '{args.split}'")
-        expected = dataset.splits[args.split].present.shape
-        if masks[args.split].shape != expected:
-            raise DataError(
-                f"{args.masks or 'masks'}: split '{args.split}' has a mask of shape "
-                f"{masks[args.split].shape}, the data needs {expected}"
-            )
-        metrics, _ = evaluate(
-            model,
-            dataset.splits[args.split],
-            names,
-            masks[args.split],
-            batch_size=config.train.batch_size,
-            device=device,
-        )
-        rows.append(
-            {
-                "method": config.model.method,
-                "protocol": label,
-                "split": args.split,
-                "metrics": metrics,
-            }
-        )
+    settings = evaluation_masks(
+        dataset,
+        config,
+        masks_path=args.masks,
+        missing=args.missing,
+        subsets=args.subsets,
+        seed=args.seed,
+    )
+    rows = evaluate_run(model, config, dataset, settings, args.split, device)
     print(metrics_table(rows, model.info.task, ["method", "protocol", "split"]))
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     if args.gaps:
@@ -160,7 +114,8 @@ def _report_gaps(model, dataset, settings, split: str, run_dir: Path) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     """Predict for new samples (no labels; absent modalities allowed per sample)."""
     from dicmor.inference import predict, read_inputs, write_predictions
-    from dicmor.training.run import load_checkpoint, resolve_device
+    from dicmor.training.checkpoints import load_checkpoint
+    from dicmor.training.stages import resolve_device
 
     device = resolve_device(args.device or "cpu")
     model, _ = load_checkpoint(args.run, device)
@@ -185,7 +140,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> None:
-    from dicmor.evaluation.sweep import run_sweep
+    from dicmor.experiments.sweep import run_sweep
     from dicmor.registry import model_names
 
     base = _config_from_args(args)
@@ -232,8 +187,7 @@ def cmd_table(args: argparse.Namespace) -> None:
 def cmd_data_inspect(args: argparse.Namespace) -> None:
     """Print splits, modalities, shapes, label statistics, non-finite and missing counts."""
     from dicmor.config import DataConfig
-    from dicmor.data import describe
-    from dicmor.training.run import load_data
+    from dicmor.data import describe, load_data
 
     print(describe(load_data(DataConfig(source=args.source))))
 

@@ -16,14 +16,15 @@ from typing import Any, Literal
 
 import yaml
 
+from dicmor import registry
+from dicmor.errors import ConfigError
 from dicmor.fusion.mult import MulTConfig
 from dicmor.missing.protocols import MissingProtocol
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
+__all__ = ["Config", "ConfigError", "DataConfig", "ModelConfig", "RecoveryConfig", "TrainConfig"]
 
 
 @dataclass(frozen=True)
@@ -45,120 +46,102 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class DiCMoRConfig:
-    """Hyperparameters of DiCMoR's flows, transfer and refinement (SPEC §5)."""
+class RecoveryConfig:
+    """What the methods that recover missing features share (``cross_regression``, ``dicmor``):
+    the refinement / regression network, the reconstruction weight, simulated missingness."""
 
-    flow_steps: int = 32
-    """Number K of flow steps per modality."""
-    flow_step_type: Literal["glow", "coupling-only"] = "glow"
-    """``glow``: ActNorm, invertible 1x1 convolution, affine coupling; ``coupling-only``: the
-    public code's coupling layers alone (for parity experiments)."""
-    flow_hidden: int = 64
-    """Hidden width of the coupling conditioner."""
-    transfer: Literal["mean", "moment-matched", "decode-merge"] = "mean"
-    """How several available modalities recover a missing one: ``mean`` fuses their latents by
-    their mean and decodes once (the paper); ``moment-matched`` rescales that mean about the
-    class mean of the prior, weighted by the class posterior of the available latents, so that
-    k latents of one class fused keep the class's variance instead of 1/k of it (the mean of k
-    independent draws of N(mu_c, sigma_c^2) has variance sigma_c^2 / k); ``decode-merge``
-    decodes each latent and merges the decodings with a 1x1 conv (the public code)."""
-    train_flows: bool = True
-    """``False``: the flows are the identity and never learn (an ablation: a missing modality
-    is then recovered from the mean of the available features by the refinement network alone,
-    as in ``cross_regression``)."""
-    dequantize: float = 0.0
-    """Standard deviation of Gaussian noise added, in training, to the features entering the
-    flows, relative to each modality's RMS in the batch. Features of fewer input degrees of
-    freedom than the width d (MOSI audio: 5 features x kernel 5 = 25 < 32) lie on a subspace
-    where a flow's likelihood has no maximum; the noise gives it one. 0 disables."""
-    stage1_recovery_rate: float = 0.0
-    """Random missing rate of masks simulated on the complete-data stage (or the flow stage,
-    if any) that train the recovery alone (flows, refinement), so that stage 2 does not start
-    it at random; the fusion still sees complete data. 0 disables. Also read by
-    ``cross_regression``."""
-    flow_stage_epochs: int = 0
-    """If > 0, the flows are fitted in a stage of their own after stage 1, for at most this many
-    epochs on complete data, with the extractors and the fusion frozen: ActNorm and the prior's
-    class means start from features that no longer change, and the stage runs until the
-    validation NLL (plus the reconstruction, when recovery is simulated) stops improving. The
-    flows are then not trained in stage 1. 0: flows train jointly from stage 1 on."""
-    flow_lr: float | None = None
-    """Learning rate of the flow stage; ``None`` uses ``train.lr``."""
-    recovery_trains_flows: bool = False
-    """Let the reconstruction loss's gradient reach the flows through the transfer (encoding
-    the available modalities and decoding the missing one), so that the flows learn a latent
-    space in which one modality's latent decodes to the other's features. Off, as the paper:
-    the flows learn from their NLL only."""
-    align_weight: float = 0.0
-    """Weight of a cross-modal latent alignment term: for every training sample with two or
-    more modalities available, the mean squared distance of each modality's latent to their
-    mean (per element), trained into the flows only. The NLL makes each modality's latents
-    follow the shared class-conditional prior but says nothing about *which* latent a sample
-    takes, so one modality's latent carries no sample-level information to the other's
-    decoding; this term asks the flows to give paired entries the same latent. 0 (the paper)
-    disables."""
     refine_blocks: int = 20
-    """Residual channel-attention blocks R of the refinement network."""
+    """Residual channel-attention blocks R of the refinement (or regression) network."""
     refine_reduction: int = 16
     """Channel reduction of the channel attention."""
-    nll_weight: float = 0.1
-    """Weight of the summed flow NLLs (bits per dimension) in the total loss."""
     reconstruction_weight: float = 0.1
     """Weight of the reconstruction MSE of recovered features in the total loss."""
-    nll_trains_extractor: bool = False
-    """Let the flow NLL's gradient reach the shallow extractors in stage 1, as the public code
-    does. Off by default: the extractors can then raise the likelihood just by shrinking their
-    features, until the NLL floor at 0 stops all learning of the flows and prior."""
-    stage1_epochs: int | None = None
-    """Maximum epochs of stage 1 (complete data); ``None`` uses ``train.max_epochs``. Also read by
-    ``zero_fill_pretrained``, which follows the same two stages."""
+    stage1_recovery_rate: float = 0.0
+    """Random missing rate of masks simulated on the complete-data stage (or DiCMoR's flow
+    stage, if any) that train the recovery alone, so that stage 2 does not start it at random;
+    the fusion still sees complete data. 0 disables."""
 
     def __post_init__(self) -> None:
-        if self.flow_steps < 1 or self.flow_hidden < 1 or self.refine_blocks < 0:
-            raise ConfigError("model.dicmor: flow_steps and flow_hidden must be >= 1")
+        if self.refine_blocks < 0:
+            raise ConfigError(
+                f"model.recovery.refine_blocks must be >= 0, got {self.refine_blocks}"
+            )
         if self.refine_reduction < 1:
-            raise ConfigError("model.dicmor.refine_reduction must be >= 1")
-        if self.nll_weight < 0 or self.reconstruction_weight < 0 or self.align_weight < 0:
-            raise ConfigError("model.dicmor: loss weights must be >= 0")
-        if self.dequantize < 0:
-            raise ConfigError(f"model.dicmor.dequantize must be >= 0, got {self.dequantize}")
+            raise ConfigError(
+                f"model.recovery.refine_reduction must be >= 1, got {self.refine_reduction}"
+            )
+        if self.reconstruction_weight < 0:
+            raise ConfigError(
+                "model.recovery.reconstruction_weight must be >= 0, "
+                f"got {self.reconstruction_weight}"
+            )
         if not 0.0 <= self.stage1_recovery_rate < 1.0:
             raise ConfigError(
-                "model.dicmor.stage1_recovery_rate must lie in [0, 1), "
+                "model.recovery.stage1_recovery_rate must lie in [0, 1), "
                 f"got {self.stage1_recovery_rate}"
             )
-        if self.flow_stage_epochs < 0:
-            raise ConfigError(
-                f"model.dicmor.flow_stage_epochs must be >= 0, got {self.flow_stage_epochs}"
-            )
-        if self.flow_lr is not None and self.flow_lr <= 0:
-            raise ConfigError(f"model.dicmor.flow_lr must be positive, got {self.flow_lr}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The method and the parts every method shares."""
+    """The method, the values several methods share, and each method's own options.
+
+    A method registered with options (``@register(name, config=...)``) reads them from
+    ``model.<name>``; :meth:`options_for` gives them, its defaults when the block is absent.
+    """
 
     method: str = "zero_fill"
     """A name from the model registry (``dicmor models`` lists them)."""
+    dim: int = 32
+    """Feature width d: of the shallow extractors' outputs, and so of everything that works on
+    features (the fusion's transformers, DiCMoR's flows, the refinement networks)."""
     kernel_size: int = 1
     """Temporal kernel of the shallow Conv1d extractor (no padding)."""
     input_dropout: dict[str, float] = field(default_factory=dict)
     """Dropout on a modality's raw input, by modality name (the published text dropout)."""
     text_encoder: str | None = None
     """A local Hugging Face BERT-like model directory run on ``text_bert`` tokens."""
+    stage1_epochs: int | None = None
+    """Maximum epochs of the complete-data stage of every two-stage method (``None``:
+    ``train.max_epochs``), so that comparing two of them changes nothing but the method."""
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    """Shared by the methods that recover missing features."""
     mult: MulTConfig = field(default_factory=lambda: MulTConfig())
-    """The Multimodal Transformer fusion."""
-    dicmor: DiCMoRConfig = field(default_factory=DiCMoRConfig)
-    """DiCMoR's own hyperparameters (read by the ``dicmor`` method; ``stage1_epochs`` also by
-    ``zero_fill_pretrained``)."""
+    """The Multimodal Transformer fusion, shared by the methods that fuse with it."""
+    methods: dict[str, Any] = field(default_factory=dict)
+    """The methods' own option blocks given (``model.<name>`` in YAML), by method name; not a
+    YAML key of its own."""
 
     def __post_init__(self) -> None:
+        if self.dim < 1:
+            raise ConfigError(f"model.dim must be >= 1, got {self.dim}")
+        if self.dim % self.mult.num_heads != 0:
+            raise ConfigError(
+                f"model.dim {self.dim} is not divisible by model.mult.num_heads "
+                f"{self.mult.num_heads}"
+            )
         if self.kernel_size < 1:
             raise ConfigError(f"model.kernel_size must be >= 1, got {self.kernel_size}")
+        if self.stage1_epochs is not None and self.stage1_epochs < 1:
+            raise ConfigError(f"model.stage1_epochs must be >= 1, got {self.stage1_epochs}")
         for name, p in self.input_dropout.items():
             if not 0.0 <= p < 1.0:
                 raise ConfigError(f"model.input_dropout.{name} must lie in [0, 1), got {p}")
+
+    def options_for(self, method: str) -> Any:
+        """The options of ``method``: its ``model.<method>`` block, or its defaults."""
+        given = self.methods.get(method)
+        if given is not None:
+            return given
+        types_ = registry.method_config_types()
+        if method not in types_:
+            raise ConfigError(f"method '{method}' has no options of its own (model.{method})")
+        return types_[method]()
+
+    @property
+    def options(self) -> Any:
+        """The options of the configured method."""
+        return self.options_for(self.method)
 
 
 @dataclass(frozen=True)
@@ -303,18 +286,43 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
+def _method_blocks(data: dict[str, Any], prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a ``model`` mapping into its shared keys and the methods' option blocks, each
+    block built as its method's registered dataclass."""
+    if "methods" in data:
+        raise ConfigError(
+            f"unknown key '{prefix}.methods' (a method's options go in {prefix}.NAME)"
+        )
+    types_ = registry.method_config_types()
+    shared = {k: v for k, v in data.items() if k not in types_}
+    blocks = {}
+    for name in sorted(set(data) & set(types_)):
+        value = data[name]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{prefix}.{name} must be a mapping, got {value!r}")
+        blocks[name] = from_dict(types_[name], value, f"{prefix}.{name}")
+    return shared, blocks
+
+
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a mapping; unknown keys and bad values raise ConfigError."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    blocks = None
+    if cls is ModelConfig:
+        data, blocks = _method_blocks(data, prefix or "model")
+        names.discard("methods")
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"unknown key '{where}{unknown[0]}' (known: {sorted(names)})")
+        known = sorted(names | set(registry.method_config_types()) if blocks is not None else names)
+        raise ConfigError(f"unknown key '{where}{unknown[0]}' (known: {known})")
     kwargs = {
         name: _convert(value, hints[name], f"{prefix}.{name}" if prefix else name)
         for name, value in data.items()
     }
+    if blocks:
+        kwargs["methods"] = blocks
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -324,7 +332,19 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def to_dict(obj: Any) -> Any:
-    """A YAML-ready plain structure of a config (tuples become lists)."""
+    """A YAML-ready plain structure of a config (tuples become lists). A ``model`` block holds
+    the configured method's options in full and any other method's options given."""
+    if isinstance(obj, ModelConfig):
+        data = {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if f.name != "methods"
+        }
+        blocks = dict(obj.methods)
+        if obj.method in registry.method_config_types():
+            blocks.setdefault(obj.method, obj.options)
+        data.update({name: to_dict(block) for name, block in blocks.items()})
+        return data
     if dataclasses.is_dataclass(obj):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, tuple | list):
@@ -367,7 +387,12 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     for dotted, value in overrides.items():
         node = data
         parts = dotted.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
+            if depth == 1 and parts[0] == "model" and part not in node:
+                # A method's options not given yet: its defaults, to be changed.
+                types_ = registry.method_config_types()
+                if part in types_:
+                    node[part] = to_dict(types_[part]())
             if not isinstance(node, dict) or part not in node:
                 raise ConfigError(f"unknown key '{dotted}'")
             node = node[part]

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dicmor.data.dataset import DataError
+from dicmor.data.batches import Batches
+from dicmor.data.dataset import DataError, Split
 from dicmor.models.base import MultimodalModel
 
 
@@ -99,38 +100,53 @@ def predict(
     empty = int((~mask.any(axis=1)).sum())
     if empty:
         raise DataError(f"{source}: {empty} samples have no present modality")
-    tokens = None
+    extras = {}
     if text_bert is not None and "text" in names:
-        tokens = np.where(mask[:, names.index("text"), None, None], text_bert, 0)
-
-    device = torch.device(device)
-    model = model.to(device).eval()
-    scores, features = [], {m: [] for m in names}
+        extras["text_bert"] = np.asarray(text_bert)
+    # The samples as a split, batched as the method batches; its placeholder labels never
+    # reach a batch (with_labels=False).
+    split = Split(
+        modalities=arrays,
+        labels=np.zeros(n, dtype=np.float32),
+        ids=np.asarray(ids) if ids is not None else np.array([str(i) for i in range(n)]),
+        present=mask,
+        extras=extras,
+    )
+    batches = Batches(
+        split,
+        names,
+        mask,
+        batch_size,
+        device=device,
+        batching=model.batching(),
+        with_labels=False,
+    )
+    model = model.to(torch.device(device)).eval()
+    scores, rows, features = [], [], {m: [] for m in names}
     with torch.no_grad():
-        for start in range(0, n, batch_size):
-            rows = slice(start, start + batch_size)
-            batch: dict = {
-                "inputs": {m: torch.from_numpy(a[rows]).to(device) for m, a in arrays.items()},
-                "available": torch.from_numpy(mask[rows]).to(device),
-            }
-            if tokens is not None:
-                batch["text_bert"] = torch.from_numpy(tokens[rows]).to(device)
+        for batch in batches:
             output = model(batch)
             scores.append(output["prediction"].float().cpu())
+            rows.append(batch["index"].cpu())
             if return_features:
+                if "features" not in output:
+                    raise DataError(
+                        f"method '{model.name}' gives no features to return; predict without them"
+                    )
                 for m in names:
                     features[m].append(output["features"][m].float().cpu())
-    raw = torch.cat(scores)
+    order = torch.cat(rows).argsort()
+    raw = torch.cat(scores)[order]
     labels = None
     if info.task == "classification":
         labels = raw.argmax(dim=1).numpy()
         raw = raw.softmax(dim=1)
     return Prediction(
-        ids=np.asarray(ids) if ids is not None else np.array([str(i) for i in range(n)]),
+        ids=split.ids,
         scores=raw.numpy(),
         labels=labels,
         available=mask,
-        features={m: torch.cat(v).numpy() for m, v in features.items()}
+        features={m: torch.cat(v)[order].numpy() for m, v in features.items()}
         if return_features
         else None,
     )

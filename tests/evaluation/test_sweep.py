@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tests.conftest import small_config
 
-from dicmor.evaluation.sweep import run_sweep
+from dicmor.experiments.sweep import run_sweep
 from dicmor.missing.protocols import MissingProtocol, load_masks
 
 

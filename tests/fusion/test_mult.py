@@ -7,7 +7,7 @@ from torch import nn
 from dicmor.fusion import MulT, MulTConfig
 from dicmor.nn import TransformerEncoder
 
-SMALL = MulTConfig(dim=8, num_heads=2, num_layers=1, attn_dropout=0.1, embed_dropout=0.1)
+SMALL = MulTConfig(num_heads=2, num_layers=1, attn_dropout=0.1, embed_dropout=0.1)
 
 
 def _features(lengths: dict[str, int], dim: int = 8, batch: int = 3) -> dict[str, torch.Tensor]:
@@ -25,7 +25,7 @@ def _features(lengths: dict[str, int], dim: int = 8, batch: int = 3) -> dict[str
 def test_shapes_for_any_number_of_modalities(lengths: dict[str, int]) -> None:
     torch.manual_seed(0)
     num = len(lengths)
-    model = MulT(list(lengths), SMALL, output_dim=4).eval()
+    model = MulT(list(lengths), 8, SMALL, output_dim=4).eval()
     features = _features(lengths)
     assert model.representation(features).shape == (3, num * (num - 1) * 8)
     assert model.representation_dim == num * (num - 1) * 8
@@ -39,7 +39,7 @@ def test_shapes_for_any_number_of_modalities(lengths: dict[str, int]) -> None:
 
 def test_forward_is_head_of_residual_mlp_over_representation() -> None:
     torch.manual_seed(0)
-    model = MulT(["a", "b"], SMALL, output_dim=2).eval()
+    model = MulT(["a", "b"], 8, SMALL, output_dim=2).eval()
     features = _features({"a": 4, "b": 6})
     fused = model.representation(features)
     expected = model.head(fused + model.proj2(torch.relu(model.proj1(fused))))
@@ -49,7 +49,7 @@ def test_forward_is_head_of_residual_mlp_over_representation() -> None:
 def test_representation_uses_last_time_step_of_each_target() -> None:
     torch.manual_seed(0)
     config = dataclasses.replace(SMALL, attn_mask=True)
-    model = MulT(["a", "b"], config, output_dim=1).eval()
+    model = MulT(["a", "b"], 8, config, output_dim=1).eval()
     features = _features({"a": 6, "b": 6})
     changed = {name: x.clone() for name, x in features.items()}
     changed["a"][:, :, -1] += torch.randn(3, 8)
@@ -60,7 +60,7 @@ def test_representation_uses_last_time_step_of_each_target() -> None:
 
 def test_gradients_reach_every_parameter() -> None:
     torch.manual_seed(0)
-    model = MulT(["text", "audio", "vision"], SMALL, output_dim=1)
+    model = MulT(["text", "audio", "vision"], 8, SMALL, output_dim=1)
     model(_features({"text": 5, "audio": 7, "vision": 3})).sum().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None]
     zero = [name for name, p in model.named_parameters() if p.grad is not None and not p.grad.any()]
@@ -70,7 +70,7 @@ def test_gradients_reach_every_parameter() -> None:
 def test_eval_is_deterministic_and_train_is_not() -> None:
     torch.manual_seed(0)
     config = dataclasses.replace(SMALL, out_dropout=0.5)
-    model = MulT(["a", "b", "c"], config, output_dim=2)
+    model = MulT(["a", "b", "c"], 8, config, output_dim=2)
     features = _features({"a": 5, "b": 5, "c": 5})
     assert not torch.allclose(model(features), model(features))
     model.eval()
@@ -92,7 +92,7 @@ def test_per_modality_attention_dropout_override(keyed_by, by_pair) -> None:
         attn_dropout_by_modality={"audio": 0.2, "vision": 0.0},
         attn_dropout_keyed_by=keyed_by,
     )
-    model = MulT(["text", "audio", "vision"], config, output_dim=1)
+    model = MulT(["text", "audio", "vision"], 8, config, output_dim=1)
     assert model.pairs[0] == ("text", "audio")
     for layer in model.crossmodal.layers:
         assert layer.attn_dropout == by_pair
@@ -114,13 +114,13 @@ def _separate_representation(model: MulT, features: dict[str, torch.Tensor]) -> 
     names = model.modality_names
     crossed: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for g, (target, source) in enumerate(model.pairs):
-        encoder = TransformerEncoder(config.dim, config.num_heads, config.num_layers).eval()
+        encoder = TransformerEncoder(model.dim, config.num_heads, config.num_layers).eval()
         encoder.load_state_dict({k: v[g : g + 1] for k, v in model.crossmodal.state_dict().items()})
         out = encoder(features[target].transpose(1, 2), features[source].transpose(1, 2))
         crossed[target].append(out)
     summaries = []
     for j, target in enumerate(names):
-        width = (len(names) - 1) * config.dim
+        width = (len(names) - 1) * model.dim
         encoder = TransformerEncoder(width, config.num_heads, max(config.num_layers, 3)).eval()
         encoder.load_state_dict(
             {k: v[j : j + 1] for k, v in model.self_attention.state_dict().items()}
@@ -136,7 +136,7 @@ def _separate_representation(model: MulT, features: dict[str, torch.Tensor]) -> 
 )
 def test_grouped_model_equals_separate_encoders(lengths: dict[str, int]) -> None:
     torch.manual_seed(0)
-    model = MulT(list(lengths), SMALL, output_dim=1).eval()
+    model = MulT(list(lengths), 8, SMALL, output_dim=1).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))  # every group's norms differ from the identity
@@ -148,7 +148,7 @@ def test_grouped_model_equals_separate_encoders(lengths: dict[str, int]) -> None
 
 def test_grouped_and_by_group_paths_agree_for_equal_lengths() -> None:
     torch.manual_seed(0)
-    model = MulT(["w", "x", "y", "z"], SMALL, output_dim=1).eval()
+    model = MulT(["w", "x", "y", "z"], 8, SMALL, output_dim=1).eval()
     features = _features({"w": 5, "x": 5, "y": 5, "z": 5})
     torch.testing.assert_close(
         model.representation(features), model._representation_by_group(features)
@@ -166,8 +166,6 @@ def test_override_copy_is_private() -> None:
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"dim": 10, "num_heads": 4}, "MulTConfig.dim"),
-        ({"dim": 0}, "MulTConfig.dim"),
         ({"num_heads": 0}, "MulTConfig.num_heads"),
         ({"num_layers": 0}, "MulTConfig.num_layers"),
         ({"attn_dropout": 1.0}, "MulTConfig.attn_dropout"),
@@ -186,18 +184,22 @@ def test_config_validation(changes: dict, field: str) -> None:
 
 def test_model_argument_errors() -> None:
     with pytest.raises(ValueError, match="at least 2"):
-        MulT(["a"], SMALL, 1)
+        MulT(["a"], 8, SMALL, 1)
     with pytest.raises(ValueError, match="unique"):
-        MulT(["a", "a"], SMALL, 1)
+        MulT(["a", "a"], 8, SMALL, 1)
+    with pytest.raises(ValueError, match=r"MulT\.dim"):
+        MulT(["a", "b"], 9, SMALL, 1)
+    with pytest.raises(ValueError, match=r"MulT\.dim"):
+        MulT(["a", "b"], 0, SMALL, 1)
     with pytest.raises(ValueError, match="output_dim"):
-        MulT(["a", "b"], SMALL, 0)
+        MulT(["a", "b"], 8, SMALL, 0)
     typo = dataclasses.replace(SMALL, attn_dropout_by_modality={"audoi": 0.2})
     with pytest.raises(ValueError, match="audoi"):
-        MulT(["audio", "text"], typo, 1)
+        MulT(["audio", "text"], 8, typo, 1)
 
 
 def test_feature_errors() -> None:
-    model = MulT(["a", "b"], SMALL, 1)
+    model = MulT(["a", "b"], 8, SMALL, 1)
     with pytest.raises(ValueError, match="exactly the modalities"):
         model({"a": torch.randn(2, 8, 4)})
     with pytest.raises(ValueError, match=r"features\['b'\] must be \(B, 8, T\)"):
@@ -209,7 +211,6 @@ def test_feature_errors() -> None:
 def test_learns_a_target_from_random_features() -> None:
     torch.manual_seed(0)
     config = MulTConfig(
-        dim=8,
         num_heads=2,
         num_layers=1,
         attn_dropout=0.0,
@@ -218,7 +219,7 @@ def test_learns_a_target_from_random_features() -> None:
         embed_dropout=0.0,
         out_dropout=0.0,
     )
-    model = MulT(["a", "b"], config, output_dim=1)
+    model = MulT(["a", "b"], 8, config, output_dim=1)
     features = _features({"a": 4, "b": 6}, batch=32)
     target = features["a"][:, 0].mean(-1, keepdim=True) - features["b"][:, 1, -1:]  # (32, 1)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -8,7 +8,7 @@ from tests.conftest import small_config
 
 from dicmor.data.synthetic import make_classification_dataset
 from dicmor.missing.protocols import MissingProtocol, epoch_mask, missing_rate
-from dicmor.training.run import training_batches
+from dicmor.training.stages import training_batches
 
 NAMES = ("a", "b", "c")
 

@@ -58,12 +58,12 @@ def test_reconstruction_covers_only_entries_with_real_features() -> None:
     real = model.target_features("text", batch, index)
     expected = (output["recovered"]["text"][1] - real).square().mean()
     torch.testing.assert_close(losses["reconstruction"], expected)
-    weight = model.config.dicmor.reconstruction_weight
+    weight = model.config.recovery.reconstruction_weight
     torch.testing.assert_close(losses["total"], losses["task"] + weight * expected)
 
 
 def test_fitting_the_reconstruction_lowers_it() -> None:
-    model, data = build(**{"model.dicmor.reconstruction_weight": 1.0})
+    model, data = build(**{"model.recovery.reconstruction_weight": 1.0})
     model.train()
     mask = np.ones((24, 3), dtype=bool)
     mask[::2, 0] = False

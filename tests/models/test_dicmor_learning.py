@@ -17,18 +17,17 @@ How much of the gain comes from that stage rather than from the recovery is what
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tests.conftest import small_config
 
-from dicmor.config import Config
 from dicmor.data.synthetic import make_classification_dataset
+from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.reporting.gaps import recovery_gaps
-from dicmor.training.run import run_experiment
 
 SEEDS = (1, 2, 3, 4, 5, 6)
 RATE = 0.5
@@ -73,19 +72,13 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
                     "train.lr": 3e-3,
                     # A reconstruction weight of 10 (the published 0.1 leaves the task loss to
                     # shape the refined features) makes the refinement aim at the real features.
-                    "model.dicmor.reconstruction_weight": 10.0,
+                    "model.recovery.reconstruction_weight": 10.0,
                     "train.max_epochs": EPOCHS[method],
                     "train.seed": seed,
                     "output_dir": str(Path(output_dir) / method),
                 },
             )
-            config = Config(
-                config.data,
-                config.model,
-                config.train,
-                MissingProtocol("random", RATE),
-                config.output_dir,
-            )
+            config = replace(config, missing=MissingProtocol("random", RATE))
             result = run_experiment(config, dataset=data, log=lambda _: None)
             accuracy[method] = result.metrics["acc"]
             model, masks = result.model, result.masks

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +12,14 @@ import torch
 from tests.conftest import small_config
 from transformers import BertConfig, BertModel
 
-from dicmor.config import Config
 from dicmor.data.batches import Batches
 from dicmor.data.dataset import MultimodalDataset
 from dicmor.data.mmsa import load_mmsa
 from dicmor.data.synthetic import make_mmsa_dict
+from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.models.base import DataInfo, MultimodalModel
 from dicmor.registry import build_model
-from dicmor.training.run import run_experiment
 
 VOCAB = 50
 METHODS = ("zero_fill", "dicmor")
@@ -147,9 +147,7 @@ def test_dicmor_run_trains_the_encoder_then_keeps_it(
             "output_dir": str(tmp_path),
         },
     )
-    config = Config(
-        config.data, config.model, config.train, MissingProtocol("random", 0.4), config.output_dir
-    )
+    config = replace(config, missing=MissingProtocol("random", 0.4))
     result = run_experiment(config, log=lambda _: None)
     assert set(result.stages) == {"complete", "missing"}
     initial = BertModel.from_pretrained(bert_dir).state_dict()

@@ -37,7 +37,7 @@ def test_stage_two_freezes_the_extractors_only(method: str) -> None:
 
 @pytest.mark.parametrize("method", TWO_STAGE)
 def test_stage_one_epochs_come_from_the_dicmor_option(method: str) -> None:
-    model, _ = build(method, **{"model.dicmor.stage1_epochs": 3})
+    model, _ = build(method, **{"model.stage1_epochs": 3})
     complete, missing = model.stages()
     assert (complete.max_epochs, missing.max_epochs) == (3, None)
 

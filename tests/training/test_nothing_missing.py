@@ -8,15 +8,15 @@ import json
 from tests.conftest import small_config
 
 from dicmor.data.synthetic import make_classification_dataset
+from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
-from dicmor.training.run import run_experiment
 
 VARIANTS = (
     ("zero_fill_pretrained", {}),
     ("cross_regression", {}),
     ("dicmor", {}),
     ("dicmor", {"model.dicmor.train_flows": False}),
-    ("dicmor", {"model.dicmor.stage1_recovery_rate": 0.5}),
+    ("dicmor", {"model.recovery.stage1_recovery_rate": 0.5}),
 )
 
 

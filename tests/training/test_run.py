@@ -12,16 +12,19 @@ import torch
 import yaml
 from tests.conftest import small_config, tiny_dataset
 
+from dicmor import provenance
 from dicmor.config import Config, from_dict
 from dicmor.data.batches import Batches
 from dicmor.data.dataset import MultimodalDataset
 from dicmor.data.synthetic import make_classification_dataset
 from dicmor.evaluation.evaluate import evaluate, score
 from dicmor.evaluation.metrics import METRIC_NAMES
+from dicmor.experiments.run import RunResult, run_experiment
 from dicmor.missing.protocols import MissingProtocol, load_masks, missing_rate
+from dicmor.provenance import code_version
 from dicmor.registry import model_names
-from dicmor.training import run as run_module
-from dicmor.training.run import RunResult, code_version, load_checkpoint, run_experiment
+from dicmor.training import checkpoints, stages
+from dicmor.training.checkpoints import load_checkpoint
 
 
 def with_protocol(config: Config, protocol: MissingProtocol) -> Config:
@@ -43,7 +46,7 @@ def test_zero_fill_learns_and_suffers_from_missing_modalities(tmp_path: Path) ->
         config = small_config(
             "zero_fill",
             **{
-                "model.mult.dim": 16,
+                "model.dim": 16,
                 "train.batch_size": 32,
                 "train.lr": 3e-3,
                 "train.max_epochs": 5,
@@ -129,7 +132,7 @@ def test_the_test_split_is_read_once_after_training(
     names = {id(split): name for name, split in data.splits.items()}
     events: list[str] = []
     original_init, original_iter = Batches.__init__, Batches.__iter__
-    original_fit = run_module.fit
+    original_fit = stages.fit
 
     def init(self, split, *args, **kwargs) -> None:
         original_init(self, split, *args, **kwargs)
@@ -147,7 +150,7 @@ def test_the_test_split_is_read_once_after_training(
 
     monkeypatch.setattr(Batches, "__init__", init)
     monkeypatch.setattr(Batches, "__iter__", iterate)
-    monkeypatch.setattr(run_module, "fit", fit)
+    monkeypatch.setattr(stages, "fit", fit)
     config = small_config("dicmor", **{"output_dir": str(tmp_path)})
     quiet_run(with_protocol(config, MissingProtocol("random", 0.3)), data)
     assert events.count("fit start") == 2
@@ -260,6 +263,6 @@ def test_the_stage_cache_is_keyed_by_the_code_version(
 ) -> None:
     data = tiny_dataset("regression")
     config = small_config("dicmor", **{"output_dir": str(tmp_path)})
-    first = run_module._stage_cache_path(config, data, "complete")
-    monkeypatch.setattr(run_module, "code_version", lambda: "0.0.0+other")
-    assert run_module._stage_cache_path(config, data, "complete") != first
+    first = checkpoints.stage_cache_path(config, data, "complete")
+    monkeypatch.setattr(provenance, "code_version", lambda: "0.0.0+other")
+    assert checkpoints.stage_cache_path(config, data, "complete") != first

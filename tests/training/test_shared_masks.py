@@ -10,8 +10,8 @@ from tests.conftest import small_config, tiny_dataset
 
 from dicmor.cli import main
 from dicmor.data.dataset import DataError
+from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import load_masks
-from dicmor.training.run import run_experiment
 
 
 def test_given_masks_are_used_and_saved(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ def test_train_command_reuses_another_runs_masks(tmp_path: Path) -> None:
         "--set",
         "model.dicmor.flow_steps=2",
         "--set",
-        "model.dicmor.refine_blocks=1",
+        "model.recovery.refine_blocks=1",
         "--output-dir",
         str(tmp_path),
     ]

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dicmor.data.dataset import SPLITS, DataError, MultimodalDataset, Split
 from dicmor.data.embedded import EMBEDDED_DATASETS, load_embedded
@@ -18,12 +18,16 @@ from dicmor.data.inspect import describe
 from dicmor.data.mmsa import load_mmsa
 from dicmor.data.npz import load_npz, save_npz
 
+if TYPE_CHECKING:
+    from dicmor.config import DataConfig
+
 __all__ = [
     "SPLITS",
     "DataError",
     "MultimodalDataset",
     "Split",
     "describe",
+    "load_data",
     "load_dataset",
     "load_embedded",
     "load_mmsa",
@@ -39,10 +43,8 @@ def load_dataset(source: str | Path, **options: Any) -> MultimodalDataset:
     :func:`load_npz`).
     """
     text = str(source)
-    if text == "embedded":
-        return load_embedded(**options)
-    if text in EMBEDDED_DATASETS:
-        return load_embedded(text, **options)
+    if is_embedded(text):
+        return load_embedded(*([] if text == "embedded" else [text]), **options)
     path = Path(source)
     if not path.exists():
         raise DataError(f"{text}: no such file")
@@ -56,3 +58,24 @@ def load_dataset(source: str | Path, **options: Any) -> MultimodalDataset:
             f"or one of {['embedded', *EMBEDDED_DATASETS]})"
         )
     return loader(path, **options)
+
+
+def is_embedded(source: str) -> bool:
+    """Whether ``source`` names a shipped dataset (``embedded`` is the default one)."""
+    return source == "embedded" or source in EMBEDDED_DATASETS
+
+
+def load_data(config: DataConfig) -> MultimodalDataset:
+    """The dataset a ``data`` config block names, restricted to its modalities."""
+    if is_embedded(config.source):
+        options: dict[str, Any] = {"seed": config.split_seed}
+        if config.modalities is not None:
+            options["views"] = config.modalities
+        return load_dataset(config.source, **options)
+    options = {}
+    if config.source.endswith(".pkl") and config.seq_len is not None:
+        options["seq_len"] = config.seq_len
+    dataset = load_dataset(config.source, **options)
+    if config.modalities is not None:
+        dataset = dataset.select(config.modalities)
+    return dataset

@@ -9,11 +9,15 @@ The mask is fixed, or, for training under a protocol redrawn every epoch, given 
 ``schedule``: a function of the epoch and of that epoch's sample order (the ``legacy-batch``
 protocol lays its schedule over the batches in loader order) returning the epoch's mask.
 
-A batch is a dict:
+Which samples make a batch is the epoch's order cut into consecutive runs, or what a method's
+`Batching` sampler makes of that order (e.g. the segments of one video together); a batching
+collate may then add to each batch (e.g. training-only targets).
+
+A batch is a `Batch` dict:
     inputs:    {modality: (B, T, D) float}, zero where not available
     available: (B, M) bool, what the model may read
     present:   (B, M) bool, what the dataset really has (for losses)
-    label:     (B,) float or long
+    label:     (B,) float or long (not for prediction on unlabelled data)
     index:     (B,) long, row of each sample in the split
     targets:   {modality: (B, T, D)} real features (only with ``with_targets``)
     text_bert: (B, 3, T) tokens (only when the dataset has them), zero where text is missing
@@ -25,13 +29,52 @@ A batch is a dict:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Required, TypedDict
 
 import numpy as np
 import torch
 
 from dicmor.data.dataset import Split
 
-Batch = dict[str, object]
+
+class Batch(TypedDict, total=False):
+    """One mini-batch (see the module docstring for every key)."""
+
+    inputs: Required[dict[str, torch.Tensor]]
+    available: Required[torch.Tensor]
+    present: Required[torch.Tensor]
+    index: Required[torch.Tensor]
+    label: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    text_bert: torch.Tensor
+    target_text_bert: torch.Tensor
+    simulated: torch.Tensor
+    extra: dict[str, Any]
+
+
+Sampler = Callable[[Split, np.ndarray, int], list[np.ndarray]]
+"""``sampler(split, order, batch_size) -> [rows, ...]``: the split rows of each batch of an
+epoch whose samples come in ``order`` ((N,) rows); every row exactly once."""
+Collate = Callable[[Batch, Split], Batch]
+"""``collate(batch, split) -> batch``: a built batch, with whatever the method adds."""
+
+
+@dataclass(frozen=True)
+class Batching:
+    """A method's say in how its batches are made; the defaults are the data layer's own."""
+
+    sampler: Sampler | None = None
+    """``None``: consecutive runs of ``batch_size`` samples of the epoch's order."""
+    collate: Collate | None = None
+    """``None``: batches as built here."""
+
+
+def consecutive(split: Split, order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The default sampler: ``order`` cut into runs of ``batch_size``."""
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 MaskSchedule = Callable[[int, np.ndarray], np.ndarray]
 """``schedule(epoch, order) -> (N, M) bool``: the availability mask of an epoch (from 0) whose
 samples come in ``order`` ((N,) split rows)."""
@@ -53,7 +96,12 @@ class Batches:
         with_targets: bool = False,
         schedule: MaskSchedule | None = None,
         simulate: MaskSchedule | None = None,
+        batching: Batching | None = None,
+        with_labels: bool = True,
     ) -> None:
+        self.split = split
+        self.batching = batching or Batching()
+        self.with_labels = with_labels
         self.modality_names = modality_names
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -82,7 +130,23 @@ class Batches:
         return torch.from_numpy(available.astype(bool)) & self.present
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        if self.batching.sampler is None:
+            return -(-len(self.labels) // self.batch_size)
+        return len(self._batches(np.arange(len(self.labels))))
+
+    def _batches(self, order: np.ndarray) -> list[np.ndarray]:
+        """The rows of each batch of an epoch in ``order``; a method's sampler is checked to
+        give every row exactly once."""
+        if self.batching.sampler is None:
+            return consecutive(self.split, order, self.batch_size)
+        batches = [
+            np.asarray(rows, dtype=np.int64)
+            for rows in self.batching.sampler(self.split, order, self.batch_size)
+        ]
+        rows = np.sort(np.concatenate(batches)) if batches else np.zeros(0, dtype=np.int64)
+        if not np.array_equal(rows, np.arange(len(self.labels))):
+            raise ValueError("the method's batch sampler must give every sample exactly once")
+        return [b for b in batches if len(b)]
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.labels)
@@ -96,9 +160,18 @@ class Batches:
         if self.simulate is not None:
             self.simulated = self._checked(self.simulate(self.epoch, order.numpy()))
         self.epoch += 1
-        for start in range(0, n, self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield self._batch(index)
+        if self.batching.sampler is None:
+            for start in range(0, n, self.batch_size):
+                yield self._collated(order[start : start + self.batch_size])
+            return
+        for rows in self._batches(order.numpy()):
+            yield self._collated(torch.from_numpy(rows))
+
+    def _collated(self, index: torch.Tensor) -> Batch:
+        batch = self._batch(index)
+        if self.batching.collate is not None:
+            batch = self.batching.collate(batch, self.split)
+        return batch
 
     def _batch(self, index: torch.Tensor) -> Batch:
         to = self.device
@@ -111,9 +184,10 @@ class Batches:
             },
             "available": available.to(to),
             "present": self.present[index].to(to),
-            "label": self.labels[index].to(to),
             "index": index.to(to),
         }
+        if self.with_labels:
+            batch["label"] = self.labels[index].to(to)
         if self.simulated is not None:
             batch["simulated"] = (self.simulated[index] & available).to(to)
         if self.with_targets:

@@ -31,11 +31,8 @@ class MulTConfig:
     (audio 0.2, vision 0.0) go in `attn_dropout_by_modality`, since names depend on the dataset.
     """
 
-    dim: int = 32
-    """Width d of every modality's features and of each crossmodal transformer."""
-
     num_heads: int = 8
-    """Attention heads; must divide `dim`."""
+    """Attention heads; must divide the feature width d."""
 
     num_layers: int = 4
     """Layers L of each crossmodal transformer; the self-attention ones use max(L, 3)."""
@@ -69,14 +66,8 @@ class MulTConfig:
     """Hide future time steps in every attention (causal transformers)."""
 
     def __post_init__(self) -> None:
-        if self.dim < 1:
-            raise ValueError(f"MulTConfig.dim: must be >= 1, got {self.dim}")
         if self.num_heads < 1:
             raise ValueError(f"MulTConfig.num_heads: must be >= 1, got {self.num_heads}")
-        if self.dim % self.num_heads != 0:
-            raise ValueError(
-                f"MulTConfig.dim: {self.dim} is not divisible by num_heads={self.num_heads}"
-            )
         if self.num_layers < 1:
             raise ValueError(f"MulTConfig.num_layers: must be >= 1, got {self.num_layers}")
         if self.attn_dropout_keyed_by not in ("source", "target"):
@@ -126,6 +117,7 @@ class MulT(nn.Module):
 
     Args:
         modality_names: the modalities, in the order their vectors are concatenated.
+        dim: width d of every modality's features and of each crossmodal transformer.
         config: hyperparameters.
         output_dim: size of the prediction (1 for regression, K classes for classification).
 
@@ -133,9 +125,15 @@ class MulT(nn.Module):
         features: {name: (B, d, T_name)} (lengths may differ) → (B, output_dim)
     """
 
-    def __init__(self, modality_names: Sequence[str], config: MulTConfig, output_dim: int) -> None:
+    def __init__(
+        self, modality_names: Sequence[str], dim: int, config: MulTConfig, output_dim: int
+    ) -> None:
         super().__init__()
         names = list(modality_names)
+        if dim < 1:
+            raise ValueError(f"MulT.dim: must be >= 1, got {dim}")
+        if dim % config.num_heads != 0:
+            raise ValueError(f"MulT.dim: {dim} is not divisible by num_heads={config.num_heads}")
         if len(names) < 2:
             raise ValueError(f"MulT.modality_names: need at least 2 modalities, got {names}")
         if len(set(names)) != len(names):
@@ -153,7 +151,7 @@ class MulT(nn.Module):
         self.modality_names = tuple(names)
         self.config = config
         self.output_dim = output_dim
-        dim = config.dim
+        self.dim = dim
         num_sources = len(names) - 1
         self.pairs = tuple((t, s) for t in names for s in names if s != t)
         index = {name: j for j, name in enumerate(names)}
@@ -201,10 +199,9 @@ class MulT(nn.Module):
             )
         batch = None
         for name, x in features.items():
-            if x.dim() != 3 or x.shape[1] != self.config.dim:
+            if x.dim() != 3 or x.shape[1] != self.dim:
                 raise ValueError(
-                    f"MulT: features[{name!r}] must be (B, {self.config.dim}, T), "
-                    f"got {tuple(x.shape)}"
+                    f"MulT: features[{name!r}] must be (B, {self.dim}, T), got {tuple(x.shape)}"
                 )
             if batch is not None and x.shape[0] != batch:
                 raise ValueError(

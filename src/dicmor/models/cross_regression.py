@@ -4,9 +4,8 @@ A missing modality's features are regressed from the mean of the sample's availa
 features by the same residual channel-attention network that refines DiCMoR's recoveries, trained
 by the reconstruction MSE alone: one point estimate per input, with no model of the missing
 modality's distribution. Everything else is DiCMoR's: shallow extractors, MulT fusion, the
-two-stage schedule, the loss weights (``model.dicmor.refine_blocks``, ``refine_reduction`` and
-``reconstruction_weight`` are read from DiCMoR's options), so comparing the two changes only how
-a missing modality is filled in.
+two-stage schedule, the refinement network and reconstruction weight (``model.recovery``), so
+comparing the two changes only how a missing modality is filled in.
 """
 
 from __future__ import annotations
@@ -30,13 +29,13 @@ class CrossModalRegression(Recovering):
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__(info, config)
-        options = config.dicmor
-        dim = config.mult.dim
+        options = config.recovery
+        dim = config.dim
         # The parts every MulT method shares are built first, from the same generator state as
         # in zero-fill, so that with nothing missing this method trains exactly as
         # zero_fill_pretrained does.
         self.extractors = ShallowExtractors(info, config)
-        self.fusion = MulT(info.modality_names, config.mult, info.output_dim)
+        self.fusion = MulT(info.modality_names, dim, config.mult, info.output_dim)
         # One regression network per modality, run as the groups of one module.
         self.regressors = RefinementNetwork(
             dim, options.refine_blocks, options.refine_reduction, groups=len(info.modality_names)
@@ -87,5 +86,5 @@ class CrossModalRegression(Recovering):
         """task + reconstruction_weight · MSE over the recovered entries that have real features."""
         task = self.task_loss(output["prediction"], batch["label"])
         reconstruction = self.reconstruction_loss(output, batch)
-        total = task + self.config.dicmor.reconstruction_weight * reconstruction
+        total = task + self.config.recovery.reconstruction_weight * reconstruction
         return {"total": total, "task": task, "reconstruction": reconstruction}

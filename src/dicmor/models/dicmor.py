@@ -14,8 +14,8 @@ nor any value of a missing modality.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -32,25 +32,96 @@ from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
 
-@register("dicmor")
+@dataclass(frozen=True)
+class DiCMoRConfig:
+    """DiCMoR's own hyperparameters, ``model.dicmor`` (SPEC §5); the refinement network and the
+    reconstruction weight are ``model.recovery``'s, the width ``model.dim``."""
+
+    flow_steps: int = 32
+    """Number K of flow steps per modality."""
+    flow_step_type: Literal["glow", "coupling-only"] = "glow"
+    """``glow``: ActNorm, invertible 1x1 convolution, affine coupling; ``coupling-only``: the
+    public code's coupling layers alone (for parity experiments)."""
+    flow_hidden: int = 64
+    """Hidden width of the coupling conditioner."""
+    transfer: Literal["mean", "moment-matched", "decode-merge"] = "mean"
+    """How several available modalities recover a missing one: ``mean`` fuses their latents by
+    their mean and decodes once (the paper); ``moment-matched`` rescales that mean about the
+    class mean of the prior, weighted by the class posterior of the available latents, so that
+    k latents of one class fused keep the class's variance instead of 1/k of it (the mean of k
+    independent draws of N(mu_c, sigma_c^2) has variance sigma_c^2 / k); ``decode-merge``
+    decodes each latent and merges the decodings with a 1x1 conv (the public code)."""
+    train_flows: bool = True
+    """``False``: the flows are the identity and never learn (an ablation: a missing modality
+    is then recovered from the mean of the available features by the refinement network alone,
+    as in ``cross_regression``)."""
+    dequantize: float = 0.0
+    """Standard deviation of Gaussian noise added, in training, to the features entering the
+    flows, relative to each modality's RMS in the batch. Features of fewer input degrees of
+    freedom than the width d (MOSI audio: 5 features x kernel 5 = 25 < 32) lie on a subspace
+    where a flow's likelihood has no maximum; the noise gives it one. 0 disables."""
+    flow_stage_epochs: int = 0
+    """If > 0, the flows are fitted in a stage of their own after stage 1, for at most this many
+    epochs on complete data, with the extractors and the fusion frozen: ActNorm and the prior's
+    class means start from features that no longer change, and the stage runs until the
+    validation NLL (plus the reconstruction, when recovery is simulated) stops improving. The
+    flows are then not trained in stage 1. 0: flows train jointly from stage 1 on."""
+    flow_lr: float | None = None
+    """Learning rate of the flow stage; ``None`` uses ``train.lr``."""
+    recovery_trains_flows: bool = False
+    """Let the reconstruction loss's gradient reach the flows through the transfer (encoding
+    the available modalities and decoding the missing one), so that the flows learn a latent
+    space in which one modality's latent decodes to the other's features. Off, as the paper:
+    the flows learn from their NLL only."""
+    align_weight: float = 0.0
+    """Weight of a cross-modal latent alignment term: for every training sample with two or
+    more modalities available, the mean squared distance of each modality's latent to their
+    mean (per element), trained into the flows only. The NLL makes each modality's latents
+    follow the shared class-conditional prior but says nothing about *which* latent a sample
+    takes, so one modality's latent carries no sample-level information to the other's
+    decoding; this term asks the flows to give paired entries the same latent. 0 (the paper)
+    disables."""
+    nll_weight: float = 0.1
+    """Weight of the summed flow NLLs (bits per dimension) in the total loss."""
+    nll_trains_extractor: bool = False
+    """Let the flow NLL's gradient reach the shallow extractors in stage 1, as the public code
+    does. Off by default: the extractors can then raise the likelihood just by shrinking their
+    features, until the NLL floor at 0 stops all learning of the flows and prior."""
+
+    def __post_init__(self) -> None:
+        if self.flow_steps < 1 or self.flow_hidden < 1:
+            raise ConfigError("model.dicmor: flow_steps and flow_hidden must be >= 1")
+        if self.nll_weight < 0 or self.align_weight < 0:
+            raise ConfigError("model.dicmor: loss weights must be >= 0")
+        if self.dequantize < 0:
+            raise ConfigError(f"model.dicmor.dequantize must be >= 0, got {self.dequantize}")
+        if self.flow_stage_epochs < 0:
+            raise ConfigError(
+                f"model.dicmor.flow_stage_epochs must be >= 0, got {self.flow_stage_epochs}"
+            )
+        if self.flow_lr is not None and self.flow_lr <= 0:
+            raise ConfigError(f"model.dicmor.flow_lr must be positive, got {self.flow_lr}")
+
+
+@register("dicmor", config=DiCMoRConfig)
 class DiCMoR(Recovering):
     """Class-specific flows recover missing modalities; MulT fuses (Wang et al., ICCV 2023)."""
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__(info, config)
-        options = config.dicmor
-        dim = config.mult.dim
+        options: DiCMoRConfig = self.options
+        dim = config.dim
         names = info.modality_names
         if dim < 2:
             raise ConfigError(
-                f"model.mult.dim must be >= 2 for dicmor, got {dim}: its flows split the "
+                f"model.dim must be >= 2 for dicmor, got {dim}: its flows split the "
                 "feature channels in two halves"
             )
         # The parts every MulT method shares are built first, from the same generator state as
         # in zero-fill, so that with nothing missing DiCMoR's fusion trains exactly as
         # zero_fill_pretrained's does (the flows' NLL does not reach the extractors).
         self.extractors = ShallowExtractors(info, config)
-        self.fusion = MulT(names, config.mult, info.output_dim)
+        self.fusion = MulT(names, dim, config.mult, info.output_dim)
         # One flow per modality, run as the groups of one grouped flow (group j = modality j);
         # untrained flows (an ablation) are the identity and are not built.
         self.flows = (
@@ -66,8 +137,9 @@ class DiCMoR(Recovering):
         )
         self.prior = ClassConditionalPrior(info.prior_classes, dim)
         # One refinement network per modality, run as the groups of one module.
+        recovery = config.recovery
         self.refiners = RefinementNetwork(
-            dim, options.refine_blocks, options.refine_reduction, groups=len(names)
+            dim, recovery.refine_blocks, recovery.refine_reduction, groups=len(names)
         )
         self.mergers = (
             nn.ModuleDict({m: nn.Conv1d((len(names) - 1) * dim, dim, 1) for m in names})
@@ -91,7 +163,7 @@ class DiCMoR(Recovering):
     def stages(self) -> list[Stage]:
         """Stage 1 on complete data; with ``flow_stage_epochs`` a stage fitting the flows (and
         the recovery) on the now fixed features; stage 2 under the protocol."""
-        options = self.config.dicmor
+        options = self.options
         complete, missing = super().stages()
         if options.flow_stage_epochs == 0 or self.flows is None:
             return [complete, missing]
@@ -101,18 +173,16 @@ class DiCMoR(Recovering):
             max_epochs=options.flow_stage_epochs,
             monitor="recovery",
             lr=options.flow_lr,
-            simulate_rate=options.stage1_recovery_rate,
+            simulate_rate=self.config.recovery.stage1_recovery_rate,
             frozen=("extractors", "fusion"),
         )
         # Stage 1 then neither fits the flows nor recovers through them.
-        return [replace(complete, simulate_rate=0.0), flows, missing]
+        return [replace(complete, simulate_rate=0.0, idle=("flows",)), flows, missing]
 
     def begin_stage(self, stage: Stage) -> None:
         """As `TwoStage`; stage 1 leaves out flows that have a stage of their own."""
         super().begin_stage(stage)
-        self._flows_active = not (
-            self.config.dicmor.flow_stage_epochs > 0 and stage.name == self.stages()[0].name
-        )
+        self._flows_active = "flows" not in stage.idle
 
     def forward(self, batch: dict) -> dict[str, Any]:
         """Recover what is missing, fuse, predict.
@@ -157,7 +227,7 @@ class DiCMoR(Recovering):
     def _dequantized(self, stacked: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         """``stacked: (M, B, d, T')`` plus Gaussian noise of ``dequantize`` times each
         modality's RMS over its available samples (training only)."""
-        scale = self.config.dicmor.dequantize
+        scale = self.options.dequantize
         if scale == 0 or not self.training:
             return stacked
         if self._noise is None or self._noise.device != stacked.device:
@@ -176,7 +246,7 @@ class DiCMoR(Recovering):
         """Latents ``{m: (index (n,), z (n, d, T'), logdet (n,))}`` of the available samples of
         each modality that has any."""
         names = self.info.modality_names
-        if not self.config.dicmor.nll_trains_extractor:
+        if not self.options.nll_trains_extractor:
             # The likelihood of learnt features is degenerate: shrinking them raises it without
             # bound, until the floor at 0 bits/dim stops every gradient to the flows and prior.
             features = {m: x.detach() for m, x in features.items()}
@@ -214,7 +284,7 @@ class DiCMoR(Recovering):
         """Decode latents with the flows of ``group`` (identity flows: unchanged)."""
         if self.flows is None:
             return z
-        if self.config.dicmor.recovery_trains_flows:
+        if self.options.recovery_trains_flows:
             return self.flows.inverse(z, group=group)
         # No gradient reaches the flows through the recovery (SPEC §5.5).
         with torch.no_grad():
@@ -236,7 +306,7 @@ class DiCMoR(Recovering):
         names = self.info.modality_names
         reference = next(iter(features.values()))
         weights = available.to(reference.dtype)  # (B, M)
-        keep_graph = self.config.dicmor.recovery_trains_flows and self.flows is not None
+        keep_graph = self.options.recovery_trains_flows and self.flows is not None
         # Every modality's latents on the whole batch, zeros where unavailable.
         rows = []
         for m in names:
@@ -281,7 +351,7 @@ class DiCMoR(Recovering):
         """
         count = weights.sum(dim=1).clamp(min=1.0)  # (B,)
         mean = torch.einsum("mbct,bm->bct", full, weights) / count[:, None, None]
-        if self.config.dicmor.transfer != "moment-matched" or self.flows is None:
+        if self.options.transfer != "moment-matched" or self.flows is None:
             return mean
         prior = self.prior
         with torch.no_grad():
@@ -319,7 +389,7 @@ class DiCMoR(Recovering):
         recovered entries whose real features exist (``present``), so a genuinely absent entry
         contributes nothing.
         """
-        options = self.config.dicmor
+        options = self.options
         task = self.task_loss(output["prediction"], batch["label"])
         classes = prior_classes(batch["label"], self.info.task)
         zero = task.new_zeros(())
@@ -341,7 +411,7 @@ class DiCMoR(Recovering):
         reconstruction = self.reconstruction_loss(output, batch)
         recovery = (
             options.nll_weight * nll
-            + options.reconstruction_weight * reconstruction
+            + self.config.recovery.reconstruction_weight * reconstruction
             + options.align_weight * alignment
         )
         return {

@@ -48,7 +48,7 @@ class ShallowExtractors(nn.Module):
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__()
-        dim = config.mult.dim
+        dim = config.dim
         self.text_encoder: TextEncoder | None = None
         dims = dict(info.feature_dims)
         if config.text_encoder is not None:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from dicmor.config import ConfigError, ModelConfig
-from dicmor.models.base import DataInfo, Output
+from dicmor.models.base import Batch, DataInfo, ModelOutput
 from dicmor.models.zero_fill import ZeroFill
 from dicmor.registry import register
 
@@ -53,7 +53,7 @@ class MeanFill(ZeroFill):
             {m: RunningMean(info.feature_dims[m]) for m in info.modality_names}
         )
 
-    def forward(self, batch: dict) -> Output:
+    def forward(self, batch: Batch) -> ModelOutput:
         """``prediction`` and the ``features`` fused, computed from the mean-filled inputs."""
         inputs = batch["inputs"]
         available = batch["available"]  # (B, M)

@@ -44,7 +44,7 @@ class Recovering(TwoStage):
     """A two-stage method whose ``forward`` output carries ``recovered``:
     ``{m: (index (n,), features (n, d, T'))}`` for the samples missing modality m.
 
-    With ``model.dicmor.stage1_recovery_rate`` > 0 the complete-data stage also simulates
+    With ``model.recovery.stage1_recovery_rate`` > 0 the complete-data stage also simulates
     missing modalities at that rate (``batch["simulated"]``): the recovery learns from them
     while the fusion sees complete data, so stage 2 does not start the recovery at random.
     """
@@ -52,7 +52,7 @@ class Recovering(TwoStage):
     def stages(self) -> list[Stage]:
         """As `TwoStage`, the complete-data stage simulating missingness if configured."""
         complete, *rest = super().stages()
-        rate = self.config.dicmor.stage1_recovery_rate
+        rate = self.config.recovery.stage1_recovery_rate
         return [replace(complete, simulate_rate=rate), *rest]
 
     @torch.no_grad()

@@ -14,7 +14,7 @@ from dicmor.models.extractors import ShallowExtractors
 class TwoStage(MultimodalModel):
     """Base class of two-stage methods; subclasses build ``self.extractors``.
 
-    The stage-1 epoch limit is ``model.dicmor.stage1_epochs`` for every such method, so that
+    The stage-1 epoch limit is ``model.stage1_epochs`` for every such method, so that
     comparing two of them changes nothing but the method.
     """
 
@@ -25,8 +25,13 @@ class TwoStage(MultimodalModel):
         """Stage 1 on complete data (cacheable), stage 2 under the missing protocol with the
         extractors frozen."""
         return [
-            Stage("complete", complete_data=True, max_epochs=self.config.dicmor.stage1_epochs),
-            Stage("missing", frozen=("extractors",)),
+            Stage("complete", complete_data=True, max_epochs=self.config.stage1_epochs),
+            Stage(
+                "missing",
+                frozen=("extractors",),
+                skip_when_complete="nothing is missing: it would train on what the complete-data "
+                "stage saw, with the extractors frozen",
+            ),
         ]
 
     def begin_stage(self, stage: Stage) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dicmor.config import ModelConfig
 from dicmor.fusion.mult import MulT
-from dicmor.models.base import DataInfo, MultimodalModel, Output
+from dicmor.models.base import Batch, DataInfo, ModelOutput, MultimodalModel
 from dicmor.models.extractors import ShallowExtractors
 from dicmor.registry import register
 
@@ -20,9 +20,9 @@ class ZeroFill(MultimodalModel):
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__(info, config)
         self.extractors = ShallowExtractors(info, config)
-        self.fusion = MulT(info.modality_names, config.mult, info.output_dim)
+        self.fusion = MulT(info.modality_names, config.dim, config.mult, info.output_dim)
 
-    def forward(self, batch: dict) -> Output:
+    def forward(self, batch: Batch) -> ModelOutput:
         """``prediction`` and the ``features`` fused ({m: (B, d, T')}, zeros where missing)."""
         features = self.extractors(batch)
         prediction = self.fusion(features)

@@ -1,8 +1,8 @@
 """The one training loop, used by every method and stage (SPEC §5.9).
 
-Adam; gradient clipping by value; gradient accumulation; ReduceLROnPlateau and early stopping on
-the validation loss; the best state by validation loss is restored at the end. Only validation
-data choose anything.
+Adam (or the optimiser a stage names); gradient clipping by value; gradient accumulation;
+ReduceLROnPlateau and early stopping on the validation loss; the best state by validation loss
+is restored at the end. Only validation data choose anything.
 """
 
 from __future__ import annotations
@@ -50,6 +50,20 @@ def _mean_losses(model: MultimodalModel, batches: Batches) -> dict[str, float]:
     return {key: value / count for key, value in sums.items()}
 
 
+def make_optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """``adam``, ``adamw`` or ``sgd`` (momentum 0.9) over ``params``."""
+    if not params:
+        raise TrainingError("the stage has no parameter to train (every module is frozen)")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    # The fused kernel updates all parameters in one pass: DiCMoR has thousands of small
+    # parameter tensors, for which the per-tensor update dominates the step on CPU.
+    kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return kind(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def fit(
     model: MultimodalModel,
     train: Batches,
@@ -61,18 +75,22 @@ def fit(
     objective: str = "total",
     monitor: str | None = None,
     lr: float | None = None,
+    optimizer_name: str = "adam",
+    weight_decay: float | None = None,
 ) -> FitResult:
     """Train ``model`` in place and restore its best state by validation loss.
 
     ``objective`` is the loss term optimised; ``monitor`` the validation term that selects the
-    best epoch (default ``config.select_on``); ``lr`` overrides ``config.lr``.
+    best epoch (default ``config.select_on``); ``lr`` and ``weight_decay`` override
+    ``config``'s; ``optimizer_name`` is ``adam``, ``adamw`` or ``sgd``.
     """
     monitor = monitor or config.select_on
     params = [p for p in model.parameters() if p.requires_grad]
-    # The fused kernel updates all parameters in one pass: DiCMoR has thousands of small
-    # parameter tensors, for which the per-tensor update dominates the step on CPU.
-    optimizer = torch.optim.Adam(
-        params, lr=lr or config.lr, weight_decay=config.weight_decay, fused=True
+    optimizer = make_optimizer(
+        optimizer_name,
+        params,
+        lr or config.lr,
+        config.weight_decay if weight_decay is None else weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=config.lr_factor, patience=config.lr_patience
@@ -145,10 +163,13 @@ def fit(
 
 
 def predict(model: MultimodalModel, batches: Batches) -> np.ndarray:
-    """Predictions in split order: (N,) for regression, (N, K) logits for classification."""
+    """Predictions in split order (whatever order the batches come in): (N,) for regression,
+    (N, K) logits for classification."""
     model.eval()
-    outputs = []
+    outputs, rows = [], []
     with torch.no_grad():
         for batch in batches:
             outputs.append(model(batch)["prediction"].float().cpu())
-    return torch.cat(outputs).numpy()
+            rows.append(batch["index"].cpu())
+    predictions = torch.cat(outputs)
+    return predictions[torch.cat(rows).argsort()].numpy()

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from dicmor.config import Config
+from dicmor.data import load_data
 from dicmor.data.dataset import SPLITS
+from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
+from dicmor.provenance import fingerprint, settings_digest
 from dicmor.reporting.tables import aggregate, metrics_table
-from dicmor.training.run import fingerprint, load_data, run_experiment, settings_digest
 
 
 def _finished_runs(out: Path) -> dict[str, dict]:
@@ -65,9 +68,7 @@ def run_sweep(
         for seed in seeds:
             for method in methods:
                 config = base.replace(**{"model.method": method, "train.seed": seed})
-                config = Config(
-                    config.data, config.model, config.train, protocol, config.output_dir
-                )
+                config = replace(config, missing=protocol)
                 key = settings_digest(config, data_digest=data_digest)
                 if key in finished:
                     run = finished[key]
