@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,13 @@ from dicmor.data.batches import Batches
 from dicmor.data.dataset import MultimodalDataset, Split
 from dicmor.models.base import DataInfo
 from dicmor.registry import build_model
+
+# Methods defined outside the package that every registry-parametrised test covers too; set
+# before any lookup of the registry (and inherited by the command-line runs of the tests).
+PLUGINS = [str(Path(__file__).parent / "methods" / "segments.py")]
+os.environ["DICMOR_PLUGINS"] = ",".join(
+    [*filter(None, os.environ.get("DICMOR_PLUGINS", "").split(",")), *PLUGINS]
+)
 
 SHAPES = {"text": (6, 12), "audio": (6, 5), "vision": (6, 7)}
 

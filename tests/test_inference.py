@@ -38,9 +38,16 @@ def test_predict_matches_evaluation_and_ignores_absent_values(trained) -> None:
         x[~mask[:, j]] = np.nan  # absent values are never read, so NaN is harmless
         inputs[m] = x
         present[m] = mask[:, j]
-    out = predict(result.model, inputs, present, ids=split.ids, return_features=True)
+    gives_features = result.model.name != "segment_pool"  # a method without such features
+    if not gives_features:
+        with pytest.raises(DataError, match="gives no features"):
+            predict(result.model, inputs, present, return_features=True)
+    out = predict(result.model, inputs, present, ids=split.ids, return_features=gives_features)
     np.testing.assert_allclose(out.scores, expected, rtol=1e-5, atol=1e-6)
     assert out.labels is None and (out.available == mask).all()
+    if not gives_features:
+        assert out.features is None
+        return
     assert set(out.features) == set(data.modality_names)
     for j, m in enumerate(data.modality_names):
         missing = out.features[m][~mask[:, j]]
@@ -97,9 +104,12 @@ def test_predict_command_writes_csv_and_recovered_features(trained, tmp_path: Pa
     }
     np.savez(path, id=split.ids, **split.modalities, **present)
     out, rec = tmp_path / "p.csv", tmp_path / "rec.npz"
-    code = main(
-        ["predict", str(result.run_dir), str(path), "--out", str(out), "--recovered", str(rec)]
-    )
+    command = ["predict", str(result.run_dir), str(path), "--out", str(out)]
+    gives_features = result.model.name != "segment_pool"  # a method without such features
+    if not gives_features:
+        assert main([*command, "--recovered", str(rec)]) == 2
+        assert not out.exists() and not rec.exists()
+    code = main(command + (["--recovered", str(rec)] if gives_features else []))
     assert code == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "id,score,has_text,has_audio,has_vision"
@@ -108,5 +118,7 @@ def test_predict_command_writes_csv_and_recovered_features(trained, tmp_path: Pa
     expected = predict(model, **read_inputs(path))
     first = float(lines[1].split(",")[1])
     assert first == pytest.approx(float(expected.scores[0]), abs=1e-5)
+    if not gives_features:
+        return
     with np.load(rec) as features:
         assert features["text"].shape[0] == len(split)

@@ -44,6 +44,7 @@ class Method:
 
 _METHODS: dict[str, Method] = {}
 _discovered = False
+_plugins: set[str] = set()
 
 
 def register(name: str, *, config: type | None = None) -> Callable[[type], type]:
@@ -85,20 +86,22 @@ def _import_plugin(entry: str) -> None:
 
 
 def discover() -> None:
-    """Import every method module once: the package's own, entry points, ``DICMOR_PLUGINS``."""
+    """Import every method module: the package's own and the entry points once, and each
+    ``DICMOR_PLUGINS`` entry not imported yet."""
     global _discovered
-    if _discovered:
-        return
-    _discovered = True
-    import dicmor.models as package
+    if not _discovered:
+        _discovered = True
+        import dicmor.models as package
 
-    for module in pkgutil.iter_modules(package.__path__):
-        importlib.import_module(f"{package.__name__}.{module.name}")
-    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        entry_point.load()
+        for module in pkgutil.iter_modules(package.__path__):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            entry_point.load()
     for entry in os.environ.get(PLUGINS_VARIABLE, "").split(","):
-        if entry.strip():
-            _import_plugin(entry.strip())
+        entry = entry.strip()
+        if entry and entry not in _plugins:
+            _import_plugin(entry)
+            _plugins.add(entry)
 
 
 def model_names() -> list[str]:

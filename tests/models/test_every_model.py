@@ -27,10 +27,14 @@ def make(method: str, task: str):
     return model, data
 
 
-def one_batch(data, available: np.ndarray | None = None, targets: bool = True) -> dict:
+def one_batch(model, data, available: np.ndarray | None = None, targets: bool = True) -> dict:
+    """The first training batch of 8, made as the method makes its batches."""
     split = data.splits["train"]
     mask = split.present.copy() if available is None else available
-    return next(iter(Batches(split, data.modality_names, mask, 8, with_targets=targets)))
+    batches = Batches(
+        split, data.modality_names, mask, 8, with_targets=targets, batching=model.batching()
+    )
+    return next(iter(batches))
 
 
 def partial_mask(data) -> np.ndarray:
@@ -48,7 +52,7 @@ def test_forward_backward_reaches_parameters(method: str, task: str) -> None:
     for stage in model.stages():
         model.begin_stage(stage)
     model.train()
-    batch = one_batch(data, partial_mask(data))
+    batch = one_batch(model, data, partial_mask(data))
     output = model(batch)
     expected = (8,) if task == "regression" else (8, 3)
     assert output["prediction"].shape == expected
@@ -68,10 +72,10 @@ def test_prediction_ignores_masked_values_and_labels(method: str) -> None:
     model, data = make(method, "regression")
     model.eval()
     mask = partial_mask(data)
-    batch = one_batch(data, mask, targets=False)
+    batch = one_batch(model, data, mask, targets=False)
     with torch.no_grad():
         reference = model(batch)["prediction"]
-        changed = one_batch(data, mask, targets=False)
+        changed = one_batch(model, data, mask, targets=False)
         changed["label"] = torch.randn_like(changed["label"]) * 100
         for j, m in enumerate(data.modality_names):
             hidden = ~changed["available"][:, j]
@@ -84,7 +88,7 @@ def test_prediction_ignores_masked_values_and_labels(method: str) -> None:
         split.modalities[m][~mask[:, j]] = 1e3
         split.labels[:] = 7.0
     with torch.no_grad():
-        again = model(one_batch(data, mask, targets=False))["prediction"]
+        again = model(one_batch(model, data, mask, targets=False))["prediction"]
     assert torch.equal(again, reference)
 
 
@@ -92,7 +96,7 @@ def test_prediction_ignores_masked_values_and_labels(method: str) -> None:
 def test_state_dict_round_trip(method: str) -> None:
     model, data = make(method, "classification")
     model.train()
-    batch = one_batch(data, partial_mask(data))
+    batch = one_batch(model, data, partial_mask(data))
     model(batch)  # data-dependent initialisations happen on the first training batch
     model.eval()
     buffer = io.BytesIO()

@@ -1,0 +1,1 @@
+"""Methods defined outside the package, registered for the tests through ``DICMOR_PLUGINS``."""
