@@ -47,7 +47,8 @@ def tiny_dataset(task: str = "regression", n: int = 24, seed: int = 0) -> Multim
         splits[name] = Split(
             modalities=modalities,
             labels=labels,
-            ids=np.array([f"{name}-{i}" for i in range(n)]),
+            # MMSA-style ids: videos of 4 segments (methods that group segments use them).
+            ids=np.array([f"{name}{i // 4}$_${i % 4 + 1}" for i in range(n)]),
             present=present,
         )
     return MultimodalDataset(

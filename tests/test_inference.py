@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dicmor.cli import main
+from dicmor.data.batches import Batches
 from dicmor.data.dataset import DataError
 from dicmor.evaluation.evaluate import evaluate
 from dicmor.experiments.run import run_experiment
@@ -27,6 +29,17 @@ def trained(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return result, data
 
 
+def has_features(model, data) -> bool:
+    """Whether ``model``'s output carries the fused ``features`` (the MulT family does)."""
+    split = data.splits["test"]
+    batch = next(
+        iter(Batches(split, data.modality_names, split.present, 8, batching=model.batching()))
+    )
+    model.eval()
+    with torch.no_grad():
+        return "features" in model(batch)
+
+
 def test_predict_matches_evaluation_and_ignores_absent_values(trained) -> None:
     result, data = trained
     split = data.splits["test"]
@@ -38,7 +51,7 @@ def test_predict_matches_evaluation_and_ignores_absent_values(trained) -> None:
         x[~mask[:, j]] = np.nan  # absent values are never read, so NaN is harmless
         inputs[m] = x
         present[m] = mask[:, j]
-    gives_features = result.model.name != "segment_pool"  # a method without such features
+    gives_features = has_features(result.model, data)
     if not gives_features:
         with pytest.raises(DataError, match="gives no features"):
             predict(result.model, inputs, present, return_features=True)
@@ -62,7 +75,8 @@ def test_a_modality_left_out_of_the_file_is_absent_everywhere(trained) -> None:
     split = data.splits["test"]
     inputs = {m: split.modalities[m] for m in data.modality_names[:2]}
     present = {m: split.present[:, j] for j, m in enumerate(data.modality_names[:2])}
-    out = predict(result.model, inputs, present)
+    # With the ids, as a method that groups samples by id (gcnet) sees them in evaluation.
+    out = predict(result.model, inputs, present, ids=split.ids)
     mask = split.present.copy()
     mask[:, 2] = False
     assert (out.available == mask).all()
@@ -105,7 +119,7 @@ def test_predict_command_writes_csv_and_recovered_features(trained, tmp_path: Pa
     np.savez(path, id=split.ids, **split.modalities, **present)
     out, rec = tmp_path / "p.csv", tmp_path / "rec.npz"
     command = ["predict", str(result.run_dir), str(path), "--out", str(out)]
-    gives_features = result.model.name != "segment_pool"  # a method without such features
+    gives_features = has_features(result.model, data)
     if not gives_features:
         assert main([*command, "--recovered", str(rec)]) == 2
         assert not out.exists() and not rec.exists()

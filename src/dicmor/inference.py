@@ -9,7 +9,9 @@ key                        shape / dtype   meaning
                            (N, D)          leave the key out when no sample has it
 ``present/{modality}``     (N,) bool       optional; False marks an absent entry, whose values
                                            are never read (they may be anything, NaN included)
-``id``                     (N,) str        optional sample ids
+``id``                     (N,) str        optional sample ids; methods that take context
+                                           from other samples (``gcnet``: the segments of
+                                           one video, ids ``video$_$segment``) read them
 ``text_bert``              (N, 3, T)       tokens, when the model has a text encoder
 =========================  ==============  ==================================================
 

@@ -1,5 +1,5 @@
-"""A method with a batching hook of its own: the samples of one group (a "video", ids whose
-number falls in the same run of ``group_size``) always share a batch, and each batch carries the
+"""A method with a batching hook of its own: the samples of one group (a "video": a run of
+``group_size`` consecutive rows of the split) always share a batch, and each batch carries the
 group of every sample, which the model pools over, as a graph over a video's segments does.
 
 Registered for the tests (``DICMOR_PLUGINS``), so that the registry-parametrised model tests cover
@@ -27,14 +27,14 @@ class SegmentPoolConfig:
     hidden: int = 8
     """Width of the per-sample encoding."""
     group_size: int = 4
-    """Samples of one group: ids ``<split>-<k>`` with the same ``k // group_size``."""
+    """Samples of one group: rows k of the split with the same ``k // group_size``."""
     first_batch_size: int = 12
     """Batch size of the first (complete-data) stage."""
 
 
 def groups_of(split: Split, group_size: int) -> np.ndarray:
-    """(N,) group of every sample, from the number at the end of its id."""
-    return np.array([int(str(i).rsplit("-", 1)[-1]) // group_size for i in split.ids])
+    """(N,) group of every sample, by its row."""
+    return np.arange(len(split)) // group_size
 
 
 @register("segment_pool", config=SegmentPoolConfig)
