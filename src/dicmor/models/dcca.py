@@ -53,8 +53,8 @@ class DCCAConfig:
     """Adam learning rate of the CCA stage."""
     weight_decay: float = 1e-4
     """Adam weight decay of the CCA stage."""
-    head_lr: float = 1e-3
-    """Learning rate of the head stage."""
+    head_lr: float | None = None
+    """Learning rate of the head stage; ``None``: ``train.lr``."""
     cca_epochs: int | None = None
     """Epoch budget of the CCA stage; ``None``: ``train.max_epochs``."""
 
