@@ -136,7 +136,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     """Train methods × missing protocols × seeds on the same masks; print mean ± std."""
-    _sweep(args, seeds=args.seeds, resume=not args.rerun)
+    seeds = args.seeds or (None if args.plan else [1111, 1112, 1113])
+    _sweep(args, seeds=seeds, resume=not args.rerun)
 
 
 def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> None:
@@ -144,6 +145,26 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> N
     from dicmor.registry import model_names
 
     base = _config_from_args(args)
+    dataset = None
+    if getattr(args, "plan", None):
+        from dicmor.data import load_data
+        from dicmor.experiments.plans import get_plan
+
+        dataset = load_data(base.data)
+        plan = get_plan(args.plan, dataset.modality_names, base.train.batch_size)
+        methods = args.methods or list(plan.methods)
+        protocols = plan.protocols
+        if args.protocols:
+            protocols = [
+                MissingProtocol.from_string(text, batch_size=base.train.batch_size)
+                for text in args.protocols
+            ]
+        _, _, table = run_sweep(
+            base, methods, protocols, seeds or list(plan.seeds), resume=resume, dataset=dataset
+        )
+        print()
+        print(table)
+        return
     methods = args.methods or [m for m in ("zero_fill", "dicmor") if m in model_names()]
     if args.protocols:
         protocols = [
@@ -171,12 +192,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_table(args: argparse.Namespace) -> None:
     """Print (or write) a sweep's table as text, Markdown, LaTeX or CSV, mean ± std over seeds."""
     from dicmor.reporting.plots import read_summary
-    from dicmor.reporting.tables import metrics_table
+    from dicmor.reporting.tables import metrics_table, paper_table
 
     summary = read_summary(args.sweep)
-    table = metrics_table(
-        summary["rows"], summary["task"], ["protocol", "method", "n"], args.format, args.metrics
-    )
+    if args.layout == "paper":
+        table = paper_table(summary["rows"], summary["task"], args.format, args.metrics)
+    else:
+        table = metrics_table(
+            summary["rows"], summary["task"], ["protocol", "method", "n"], args.format, args.metrics
+        )
     if args.out:
         Path(args.out).write_text(table + "\n")
         print(f"table written to {args.out}")
@@ -306,8 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "--seeds",
                 nargs="+",
                 type=int,
-                default=[1111, 1112, 1113],
-                help="seeds (default: 1111 1112 1113)",
+                help="seeds (default: 1111 1112 1113, or the plan's)",
+            )
+            sub.add_argument(
+                "--plan",
+                help="a named plan of methods, protocols and seeds: 'paper' (DiCMoR's "
+                "comparison: its five baselines and DiCMoR, legacy-batch and random MR "
+                "0.1-0.7, the fixed subsets, seeds 1111-1119); --methods / --missing / --seeds "
+                "narrow it",
             )
         sub.set_defaults(func=func)
 
@@ -324,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", nargs="+", help="metric keys to show, e.g. acc2_non0 f1_non0 (default: all)"
     )
     table.add_argument("--out", help="write the table to this file instead of printing it")
+    table.add_argument(
+        "--layout",
+        choices=["rows", "paper"],
+        default="rows",
+        help="rows: one row per protocol and method, every metric (default); paper: methods x "
+        "missing rates (and fixed subsets), Acc-2 / F1 non-0 per cell, as the paper's tables",
+    )
     table.set_defaults(func=cmd_table)
 
     data = commands.add_parser("data", help="dataset tools")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dicmor.config import Config
 from dicmor.data import load_data
-from dicmor.data.dataset import SPLITS
+from dicmor.data.dataset import SPLITS, MultimodalDataset
 from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.provenance import fingerprint, settings_digest
@@ -52,13 +52,14 @@ def run_sweep(
     *,
     log: Callable[[str], None] = print,
     resume: bool = True,
+    dataset: MultimodalDataset | None = None,
 ) -> tuple[list[dict], list[dict], str]:
     """Train every (protocol, seed, method); return the runs, the aggregates and the table.
 
     With ``resume`` (the default) runs an earlier sweep in the same output folder finished with
-    identical settings are reused.
+    identical settings are reused. ``dataset`` saves loading ``base.data`` again.
     """
-    dataset = load_data(base.data)
+    dataset = dataset if dataset is not None else load_data(base.data)
     out = Path(base.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     finished = _finished_runs(out) if resume else {}

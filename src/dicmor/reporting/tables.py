@@ -125,3 +125,84 @@ def aggregate(runs: Sequence[dict], keys: Sequence[str]) -> list[dict]:
             row["std"] = {m: float(v.std(ddof=1)) for m, v in values.items()}
         rows.append(row)
     return rows
+
+
+PAPER_METRICS = {"regression": ("acc2_non0", "f1_non0"), "classification": ("acc", "f1_macro")}
+"""The two numbers per cell of the paper's tables (Acc-2 / F1, non-0, for sentiment)."""
+
+
+def _column(row: dict) -> str:
+    """A protocol's column header in the paper layout: the rate, or the subset kept."""
+    if row["kind"] in ("random", "legacy-batch"):
+        return f"{row['rate']:.1f}"
+    if row["kind"] == "none":
+        return "0.0"
+    return str(row["protocol"]).removeprefix("fixed ")
+
+
+def paper_table(
+    rows: Sequence[dict], task: str, fmt: str = "text", metrics: Sequence[str] | None = None
+) -> str:
+    """The paper's layout: methods × protocols, each cell ``a / b`` of two metrics (default
+    Acc-2 / F1 non-0, or accuracy / macro-F1), mean over seeds; one table per protocol kind
+    (``legacy-batch``, ``random``, ``fixed``; ``none`` joins the rate tables as MR 0.0)."""
+    keys = tuple(metrics or PAPER_METRICS[task])
+    if len(keys) != 2:
+        raise ConfigError(f"the paper layout shows two metrics per cell, got {list(keys)}")
+    metric_keys(task, keys)
+    kinds = [k for k in ("legacy-batch", "random", "fixed") if any(r["kind"] == k for r in rows)]
+    if not kinds:
+        kinds = ["random"]
+    tables = []
+    for kind in kinds:
+        chosen = (
+            [r for r in rows if r["kind"] in (kind, "none")]
+            if kind != "fixed"
+            else [r for r in rows if r["kind"] == "fixed"]
+        )
+        columns = list(dict.fromkeys(_column(r) for r in chosen))
+        if kind != "fixed":
+            columns.sort(key=float)
+        methods = list(dict.fromkeys(r["method"] for r in chosen))
+        cells = {(r["method"], _column(r)): r for r in chosen}
+        body = []
+        for method in methods:
+            line = [method]
+            for column in columns:
+                row = cells.get((method, column))
+                line.append(
+                    " / ".join(format_value(k, row["metrics"][k]) for k in keys) if row else "–"
+                )
+            body.append(line)
+        label = "kept" if kind == "fixed" else "MR"
+        header = [f"{kind} ({label})", *columns]
+        caption = f"{kind}: {' / '.join(metric_labels[k] for k in keys)}, mean over seeds"
+        tables.append(_layout(header, body, fmt, caption))
+    return "\n\n".join(tables)
+
+
+def _layout(header: list[str], body: list[list[str]], fmt: str, caption: str) -> str:
+    """One table in ``fmt`` (text, markdown or latex), with ``caption``."""
+    if fmt == "markdown":
+        align = ["---"] + ["---:"] * (len(header) - 1)
+        lines = [header, align, *body]
+        table = "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in lines)
+        return f"{caption}\n\n{table}"
+    if fmt == "latex":
+        spec = "l" + "c" * (len(header) - 1)
+        lines = [" & ".join(_latex(c) for c in r) + r" \\" for r in [header, *body]]
+        return "\n".join(
+            [
+                f"% {caption}",
+                rf"\begin{{tabular}}{{{spec}}}",
+                r"\toprule",
+                lines[0],
+                r"\midrule",
+                *lines[1:],
+                r"\bottomrule",
+                r"\end{tabular}",
+            ]
+        )
+    if fmt != "text":
+        raise ConfigError(f"the paper layout is text, markdown or latex, not {fmt!r}")
+    return f"{caption}\n{_text_table(header, body, 1)}"
