@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tests.conftest import small_config
 
+from dicmor.config import ConfigError
 from dicmor.experiments.sweep import run_sweep
-from dicmor.missing.protocols import MissingProtocol, load_masks
+from dicmor.missing.protocols import MissingProtocol, MissingProtocolError, load_masks
 
 
 def test_sweep_shares_masks_between_methods_and_aggregates(tmp_path: Path) -> None:
@@ -24,19 +26,53 @@ def test_sweep_shares_masks_between_methods_and_aggregates(tmp_path: Path) -> No
     )
     protocols = [MissingProtocol(kind="random", rate=0.3)]
     runs, rows, table = run_sweep(
-        base, ["zero_fill", "zero_fill"], protocols, [1, 2], log=lambda _: None
+        base, ["zero_fill", "mean_fill"], protocols, [1, 2], log=lambda _: None
     )
-    assert len(runs) == 4 and len(rows) == 1 and rows[0]["n"] == 4
+    assert len(runs) == 4 and len(rows) == 2 and [r["n"] for r in rows] == [2, 2]
     by_seed: dict[int, list] = {}
     for run in runs:
+        assert Path(run["run_dir"]).is_absolute()
         masks, _ = load_masks(Path(run["run_dir"]) / "masks.npz")
         by_seed.setdefault(run["seed"], []).append(masks["test"])
     assert np.array_equal(*by_seed[1])
     assert not np.array_equal(by_seed[1][0], by_seed[2][0])
-    accs = [run["metrics"]["acc"] for run in runs]
+    accs = [run["metrics"]["acc"] for run in runs if run["method"] == "zero_fill"]
     assert rows[0]["metrics"]["acc"] == np.mean(accs)
     assert "random MR=0.30" in table and "±" in table
-    assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["n"] == 4
+    assert json.loads((tmp_path / "summary.json").read_text())["rows"][0]["n"] == 2
+
+
+@pytest.mark.parametrize(
+    ("methods", "protocols", "seeds", "message"),
+    [
+        (["zero_fill", "zero_fill"], ["random:0.3"], [1], "methods given more than once"),
+        (["zero_fill"], ["random:0.3", "random:0.3"], [1], "protocols given more than once"),
+        (["zero_fill"], ["random:0.3"], [1, 1], "seeds given more than once"),
+        (["zero_fill", "no_such"], ["random:0.3"], [1], "unknown method 'no_such'"),
+        (["zero_fill"], ["random:0.3", "random:0.6"], [1], "missing rate"),
+    ],
+)
+def test_a_sweep_that_cannot_finish_fails_before_training_anything(
+    tmp_path: Path, methods, protocols, seeds, message: str
+) -> None:
+    base = sweep_config(tmp_path)  # two modalities: random missing reaches at most 1/2
+    parsed = [MissingProtocol.from_string(p) for p in protocols]
+    with pytest.raises((ConfigError, MissingProtocolError), match=message):
+        run_sweep(base, methods, parsed, seeds, log=lambda _: None)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_summary_is_written_after_every_run(tmp_path: Path) -> None:
+    summaries = []
+
+    def log(line: str) -> None:
+        if line.startswith("== run 2/2"):
+            summaries.append(json.loads((tmp_path / "summary.json").read_text()))
+
+    run_sweep(
+        sweep_config(tmp_path), ["zero_fill"], [MissingProtocol("random", 0.3)], [1, 2], log=log
+    )
+    assert summaries and summaries[0]["rows"][0]["n"] == 1
 
 
 def sweep_config(tmp_path: Path, **overrides: object):
