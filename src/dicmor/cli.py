@@ -69,8 +69,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from dicmor.training.checkpoints import load_checkpoint
     from dicmor.training.stages import resolve_device
 
-    if sum(bool(option) for option in (args.masks, args.missing, args.subsets)) > 1:
-        raise ConfigError("evaluate: give at most one of --missing, --masks and --subsets")
     device = resolve_device(args.device or "cpu")
     model, config = load_checkpoint(args.run, device)
     dataset = load_data(config.data)

@@ -28,7 +28,7 @@ PLUGINS_VARIABLE = "DICMOR_PLUGINS"
 ENTRY_POINT_GROUP = "dicmor.methods"
 RESERVED = frozenset(
     {"method", "dim", "kernel_size", "input_dropout", "text_encoder", "stage1_epochs"}
-    | {"recovery", "mult"}
+    | {"recovery", "mult", "methods"}
 )
 """Keys of the ``model`` block that belong to every method, so no method may take them."""
 

@@ -306,3 +306,17 @@ def test_every_baseline_is_registered_with_its_options() -> None:
         config = small_config(method)
         assert dataclasses.is_dataclass(config.model.options)
     assert tiny_dataset("regression").splits["train"].ids[5] == "train1$_$2"
+
+
+def test_gcnet_ranks_the_segments_a_batch_holds_within_each_video() -> None:
+    model, _ = build_model_for("gcnet")
+    batch = {
+        "available": torch.ones(5, 3, dtype=torch.bool),
+        "extra": {
+            "conversation": torch.tensor([0, 1, 0, 0, 1]),
+            "position": torch.tensor([5, 7, 2, 9, 3]),
+        },
+    }
+    conversation, rank = model._positions(batch)
+    assert conversation.tolist() == [0, 1, 0, 0, 1]
+    assert rank.tolist() == [1, 1, 0, 2, 0]

@@ -203,11 +203,13 @@ class GCNet(MultimodalModel):
         extra = batch.get("extra") or {}
         if "conversation" in extra:
             conversation, position = extra["conversation"], extra["position"]
-            # Positions within the batch's part of each conversation, from 0.
-            rank = torch.zeros_like(position)
-            for c in conversation.unique():
-                rows = (conversation == c).nonzero().squeeze(1)
-                rank[rows[position[rows].argsort()]] = torch.arange(len(rows), device=rows.device)
+            # Positions within the batch's part of each conversation, from 0: rank in the
+            # order (conversation, position), less the first rank of the conversation.
+            order = (conversation * (int(position.max()) + 1) + position).argsort()
+            ordered = conversation[order]
+            first = torch.searchsorted(ordered, ordered)
+            rank = torch.empty_like(position)
+            rank[order] = torch.arange(len(order), device=order.device) - first
             return conversation, rank
         n = len(batch["available"])
         index = torch.arange(n, device=batch["available"].device)
