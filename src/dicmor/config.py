@@ -190,6 +190,9 @@ class TrainConfig:
     """CPU threads for PyTorch; ``None`` keeps PyTorch's default."""
     progress: bool = True
     """Show progress bars."""
+    save_recovered: bool = True
+    """Keep the test split's recovered entries beside the real ones in the run folder
+    (``recovered.npz``, compressed), for methods that recover features."""
 
     def __post_init__(self) -> None:
         positive = {

@@ -46,11 +46,13 @@ def fingerprint(dataset: MultimodalDataset, splits: Sequence[str] = ("train", "v
 
 
 def settings_digest(config: Config, **extra: Any) -> str:
-    """A digest of what a result depends on: ``config`` (less its output folder and progress
-    display), the code version and ``extra`` (entries given as ``None`` are left out)."""
+    """A digest of what a result depends on: ``config`` (less its output folder, progress
+    display and kept outputs), the code version and ``extra`` (entries given as ``None`` are
+    left out)."""
     key = to_dict(config)
     key.pop("output_dir")
     key["train"].pop("progress")
+    key["train"].pop("save_recovered")
     key["code"] = code_version()
     for name, value in extra.items():
         if value is None:

@@ -1,10 +1,23 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tests.conftest import build_model_for
 
-from dicmor.reporting.gaps import mmd_rbf, mse
+from dicmor.data.batches import Batches
+from dicmor.reporting.gaps import (
+    GAP_KEYS,
+    classifier_two_sample,
+    cosine_similarity,
+    gaps_of,
+    load_recovered,
+    mmd_rbf,
+    mse,
+    recovered_entries,
+    save_recovered,
+)
 
 
 def samples(n: int, shift: float, seed: int) -> np.ndarray:
@@ -120,3 +133,39 @@ def test_frechet_distance_of_gaussian_samples_matches_the_closed_form() -> None:
     # A collapse to the mean: Tr(S) = 3, although the means agree.
     assert frechet_distance(x, np.zeros((10, 3))) == pytest.approx(3.0, abs=0.1)
     assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_cosine_similarity_of_known_entries() -> None:
+    x = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    y = np.array([[2.0, 0.0], [-1.0, -1.0], [3.0, 1.0]])
+    assert cosine_similarity(x, y) == pytest.approx((1.0 - 1.0 + 0.0) / 3)
+
+
+def test_the_classifier_two_sample_test_is_chance_for_one_distribution_and_one_for_two() -> None:
+    rng = np.random.default_rng(0)
+    same = classifier_two_sample(rng.normal(size=(400, 4)), rng.normal(size=(400, 4)))
+    apart = classifier_two_sample(rng.normal(size=(400, 4)), rng.normal(3.0, 1.0, (400, 4)))
+    assert abs(same - 0.5) < 0.07
+    assert apart > 0.97
+    assert np.isnan(classifier_two_sample(np.ones((3, 2)), np.zeros((3, 2))))
+
+
+def test_recovered_entries_round_trip_and_their_gaps(tmp_path: Path) -> None:
+    model, data = build_model_for("dicmor", "classification")
+    split = data.splits["test"]
+    mask = split.present.copy()
+    mask[:6, 0] = False
+    model.train()
+    model(next(iter(Batches(split, data.modality_names, mask, 24))))  # data-dependent init
+    entries = recovered_entries(model, split, data.modality_names, mask, task="classification")
+    assert list(entries) == ["text"]
+    np.testing.assert_array_equal(entries["text"]["index"], np.arange(6))
+    np.testing.assert_array_equal(entries["text"]["classes"], split.labels[:6])
+    save_recovered(tmp_path / "recovered.npz", entries, mask)
+    loaded = load_recovered(tmp_path / "recovered.npz")
+    for key, value in entries["text"].items():
+        np.testing.assert_array_equal(loaded["text"][key], value)
+    gaps = gaps_of(loaded)["text"]
+    assert set(GAP_KEYS) <= set(gaps)
+    assert gaps["c2st_zero"] > 0.5 and gaps["cosine_zero"] == 0.0
+    assert gaps["mse_mean"] <= gaps["mse_zero"] + 1e-9  # the mean is the best constant

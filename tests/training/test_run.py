@@ -151,7 +151,8 @@ def test_the_test_split_is_read_once_after_training(
     monkeypatch.setattr(Batches, "__init__", init)
     monkeypatch.setattr(Batches, "__iter__", iterate)
     monkeypatch.setattr(stages, "fit", fit)
-    config = small_config("dicmor", **{"output_dir": str(tmp_path)})
+    # The kept recoveries read the test split again after the metrics; here only the metrics.
+    config = small_config("dicmor", **{"output_dir": str(tmp_path), "train.save_recovered": False})
     quiet_run(with_protocol(config, MissingProtocol("random", 0.3)), data)
     assert events.count("fit start") == 2
     assert events.count("read test") == 1
@@ -266,3 +267,27 @@ def test_the_stage_cache_is_keyed_by_the_code_version(
     first = checkpoints.stage_cache_path(config, data, "complete")
     monkeypatch.setattr(provenance, "code_version", lambda: "0.0.0+other")
     assert checkpoints.stage_cache_path(config, data, "complete") != first
+
+
+@pytest.mark.parametrize(("method", "kept"), [("dicmor", True), ("zero_fill", False)])
+def test_a_recovering_run_keeps_its_test_recoveries(
+    tmp_path: Path, method: str, kept: bool
+) -> None:
+    data = tiny_dataset("classification")
+    config = with_protocol(
+        small_config(method, **{"output_dir": str(tmp_path)}), MissingProtocol("random", 0.3)
+    )
+    result = quiet_run(config, data)
+    path = result.run_dir / "recovered.npz"
+    assert path.exists() == kept
+    if not kept:
+        return
+    from dicmor.reporting.gaps import load_recovered
+
+    entries = load_recovered(path)
+    mask, present = result.masks["test"], data.splits["test"].present
+    for j, m in enumerate(data.modality_names):
+        expected = np.flatnonzero(~mask[:, j] & present[:, j])
+        np.testing.assert_array_equal(entries[m]["index"], expected)
+    with np.load(path) as archive:
+        np.testing.assert_array_equal(archive["mask"], mask)

@@ -2,7 +2,9 @@
 
 A run directory holds ``config.yaml`` (resolved), ``masks.npz`` (the availability masks of every
 split), ``history.json`` (per-epoch losses of each stage), ``metrics.json`` (test metrics, read
-once at the end, plus the code version) and ``checkpoint.pt`` (weights, config and data
+once at the end, plus the code version), ``recovered.npz`` (for methods that recover features:
+the test split's recovered entries and the real ones, see
+:func:`~dicmor.reporting.gaps.save_recovered`) and ``checkpoint.pt`` (weights, config and data
 description, enough for ``dicmor evaluate`` and ``dicmor predict``).
 """
 
@@ -26,6 +28,7 @@ from dicmor.missing.protocols import make_masks, save_masks
 from dicmor.models.base import DataInfo, MultimodalModel
 from dicmor.provenance import code_version
 from dicmor.registry import build_model
+from dicmor.reporting.gaps import recovered_entries, save_recovered
 from dicmor.training.checkpoints import save_checkpoint
 from dicmor.training.loop import FitResult
 from dicmor.training.stages import resolve_device, seed_everything, train_stages
@@ -132,5 +135,10 @@ def run_experiment(
     }
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     np.save(run_dir / "test_predictions.npy", predictions)
+    if config.train.save_recovered and hasattr(model, "target_features"):
+        entries = recovered_entries(
+            model, dataset.splits["test"], names, masks["test"], task=dataset.task
+        )
+        save_recovered(run_dir / "recovered.npz", entries, masks["test"])
     save_checkpoint(run_dir / "checkpoint.pt", model, config)
     return RunResult(run_dir, metrics, stages, model, masks)

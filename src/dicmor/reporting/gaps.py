@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -161,14 +162,58 @@ def frechet_distance(x: ArrayLike, y: ArrayLike) -> float:
     return max(value, 0.0)
 
 
-GAP_KEYS: tuple[str, ...] = ("mse", "mmd", "class_mmd", "frechet", "class_frechet")
-"""The measures :func:`distribution_gaps` reports for a recovery (and for zeros, ``*_zero``)."""
+GAP_KEYS: tuple[str, ...] = (
+    "mse",
+    "cosine",
+    "mmd",
+    "class_mmd",
+    "frechet",
+    "class_frechet",
+    "c2st",
+)
+"""The measures :func:`distribution_gaps` reports for a recovery (and for the references:
+zeros, ``*_zero``, and the mean of the real entries, ``*_mean``)."""
+REFERENCES = ("zero", "mean")
 
 
 def _subsample(points: torch.Tensor, limit: int, generator: torch.Generator) -> torch.Tensor:
     if len(points) <= limit:
         return points
     return points[torch.randperm(len(points), generator=generator)[:limit]]
+
+
+def cosine_similarity(x: ArrayLike, y: ArrayLike) -> float:
+    """Mean over entries (rows of ``x``, ``y``: (n, ...)) of the cosine between the flattened
+    entries; an all-zero entry has cosine 0 to anything."""
+    a = _as_float64(x, "x").flatten(1)
+    b = _as_float64(y, "y").flatten(1)
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    cosine = torch.where(norms > 0, (a * b).sum(dim=1) / norms.clamp(min=1e-300), 0.0)
+    return float(cosine.mean())
+
+
+def classifier_two_sample(x: ArrayLike, y: ArrayLike, *, folds: int = 5, seed: int = 0) -> float:
+    """The classifier two-sample test's statistic: the cross-validated accuracy of a logistic
+    regression telling rows of ``x`` from rows of ``y`` (each (n, F), balanced by drawing the
+    same number from both). 0.5: indistinguishable; 1.0: fully apart. NaN with fewer than
+    ``folds`` rows per side."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    a = _as_float64(x, "x").flatten(1).numpy()
+    b = _as_float64(y, "y").flatten(1).numpy()
+    n = min(len(a), len(b))
+    if n < folds:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    a, b = a[rng.permutation(len(a))[:n]], b[rng.permutation(len(b))[:n]]
+    features = np.concatenate([a, b])
+    labels = np.repeat([0, 1], n)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, features, labels, cv=split).mean())
 
 
 def _distribution_measures(
@@ -178,8 +223,9 @@ def _distribution_measures(
     max_points: int,
     generator: torch.Generator,
 ) -> dict[str, float]:
-    """MSE, pooled and per-class MMD and Fréchet distance of ``other`` against ``real``
-    (both (n, d, T), one class per sample)."""
+    """MSE, cosine, pooled and per-class MMD and Fréchet distance, and the classifier
+    two-sample accuracy (on time-averaged entries) of ``other`` against ``real`` (both
+    (n, d, T), one class per sample)."""
     steps = real.shape[2]
 
     def points(x: torch.Tensor) -> torch.Tensor:
@@ -190,8 +236,10 @@ def _distribution_measures(
     chosen = _subsample(torch.arange(len(real_points)), max_points, generator)
     measures = {
         "mse": mse(other, real),
+        "cosine": cosine_similarity(other, real),
         "mmd": mmd_rbf(real_points[chosen], other_points[chosen]),
         "frechet": frechet_distance(real_points[chosen], other_points[chosen]),
+        "c2st": classifier_two_sample(real.mean(dim=2), other.mean(dim=2)),
     }
     class_mmd, class_frechet, weights = [], [], []
     for c in torch.unique(classes).tolist():
@@ -212,6 +260,70 @@ def _distribution_measures(
     return measures
 
 
+def recovered_entries(
+    model: Recovering,
+    split: Split,
+    modality_names: Sequence[str],
+    available: np.ndarray,
+    *,
+    task: str,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The entries of ``split`` that ``model`` recovers under ``available`` and whose real
+    features exist: ``{m: {"index": (n,), "recovered": (n, d, T'), "real": (n, d, T'),
+    "classes": (n,)}}`` in the model's shallow-feature space (classes of the prior: labels, or
+    the 7 sentiment bins)."""
+    from dicmor.data.labels import prior_classes
+
+    batches = Batches(split, modality_names, available, len(split), with_targets=True)
+    batch = next(iter(batches))
+    model.eval()
+    with torch.no_grad():
+        recovered = model(batch)["recovered"]
+    labels = prior_classes(torch.from_numpy(split.labels), task)
+    entries = {}
+    for m, (index, features) in recovered.items():
+        j = list(modality_names).index(m)
+        keep = batch["present"][index, j].nonzero().squeeze(1)
+        if len(keep) == 0:
+            continue  # only genuinely absent entries: nothing to compare
+        index = index.index_select(0, keep)
+        with torch.no_grad():
+            real = model.target_features(m, batch, index)  # (n, d, T')
+        entries[m] = {
+            "index": index.numpy(),
+            "recovered": features.index_select(0, keep).float().numpy(),
+            "real": real.float().numpy(),
+            "classes": labels.index_select(0, index).numpy(),
+        }
+    return entries
+
+
+def gaps_of(
+    entries: dict[str, dict[str, np.ndarray]], *, max_points: int = 2000, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """The measures of :data:`GAP_KEYS` for each modality's recovered entries (as
+    :func:`recovered_entries` gives or ``recovered.npz`` holds), with those of the references:
+    zeros (``*_zero``: what zero-fill gives in a bias-free feature space) and the mean of the
+    real entries (``*_mean``: one constant per modality). Modalities with fewer than 2 entries
+    are left out."""
+    generator = torch.Generator().manual_seed(seed)
+    gaps: dict[str, dict[str, float]] = {}
+    for m, entry in entries.items():
+        if len(entry["index"]) < 2:
+            continue
+        real = torch.from_numpy(entry["real"]).double()
+        features = torch.from_numpy(entry["recovered"]).double()
+        classes = torch.from_numpy(entry["classes"])
+        row: dict[str, float] = {"n": float(len(real))}
+        row.update(_distribution_measures(real, features, classes, max_points, generator))
+        references = {"zero": torch.zeros_like(real), "mean": real.mean(dim=0).expand_as(real)}
+        for name, reference in references.items():
+            measures = _distribution_measures(real, reference, classes, max_points, generator)
+            row.update({f"{k}_{name}": v for k, v in measures.items()})
+        gaps[m] = row
+    return gaps
+
+
 def distribution_gaps(
     model: Recovering,
     split: Split,
@@ -223,49 +335,51 @@ def distribution_gaps(
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """Per modality, how far a recovering model's recoveries of ``split``'s missing entries
-    (those whose real features exist) are from the real features, and how far zeros are.
+    (those whose real features exist) are from the real features, and how far the references
+    (zeros, the mean) are.
 
     Measured in the model's shallow-feature space, each time step's feature vector one point:
-    the MSE; the MMD of :func:`mmd_rbf` (kernel widths 0.5, 1 and 2 times the median pairwise
-    distance of the pooled points); the Fréchet distance; and both of the latter per class of the
-    prior (labels, or the 7 sentiment bins), averaged over classes weighted by their samples,
-    for classes with more points than feature dimensions. At most ``max_points`` points per
-    comparison, drawn with ``seed``.
+    the MSE; the cosine to the real entry; the MMD of :func:`mmd_rbf` (kernel widths 0.5, 1 and
+    2 times the median pairwise distance of the pooled points); the Fréchet distance; both of the
+    latter per class of the prior (labels, or the 7 sentiment bins), averaged over classes
+    weighted by their samples, for classes with more points than feature dimensions; and the
+    classifier two-sample accuracy on time-averaged entries (0.5 = indistinguishable). At most
+    ``max_points`` points per comparison, drawn with ``seed``.
 
     Returns:
-        ``{m: {"n": entries, "mse": …, "mse_zero": …, "mmd": …, …}}`` with the keys of
-        :data:`GAP_KEYS` and their ``_zero`` counterparts, for every modality recovered.
+        ``{m: {"n": entries, "mse": …, "mse_zero": …, "mse_mean": …, …}}`` with the keys of
+        :data:`GAP_KEYS` and their ``_zero`` / ``_mean`` counterparts, for every modality
+        recovered.
     """
-    from dicmor.data.labels import prior_classes
+    entries = recovered_entries(model, split, modality_names, available, task=task)
+    return gaps_of(entries, max_points=max_points, seed=seed)
 
-    batches = Batches(split, modality_names, available, len(split), with_targets=True)
-    batch = next(iter(batches))
-    model.eval()
-    with torch.no_grad():
-        recovered = model(batch)["recovered"]
-    labels = prior_classes(torch.from_numpy(split.labels), task)
-    generator = torch.Generator().manual_seed(seed)
-    gaps: dict[str, dict[str, float]] = {}
-    for m, (index, features) in recovered.items():
-        j = list(modality_names).index(m)
-        keep = batch["present"][index, j].nonzero().squeeze(1)
-        if len(keep) < 2:
-            continue
-        index = index.index_select(0, keep)
-        features = features.index_select(0, keep).double()
-        with torch.no_grad():
-            real = model.target_features(m, batch, index).double()  # (n, d, T')
-        classes = labels.index_select(0, index)
-        row: dict[str, float] = {"n": float(len(index))}
-        row.update(_distribution_measures(real, features, classes, max_points, generator))
-        zero = _distribution_measures(real, torch.zeros_like(real), classes, max_points, generator)
-        row.update({f"{k}_zero": v for k, v in zero.items()})
-        gaps[m] = row
-    return gaps
+
+def save_recovered(
+    path: Path, entries: dict[str, dict[str, np.ndarray]], available: np.ndarray
+) -> None:
+    """``recovered.npz`` (compressed): per modality ``{m}/index``, ``{m}/recovered``,
+    ``{m}/real``, ``{m}/classes``, and the ``mask`` (N, M) they were recovered under. Written
+    whole or not at all."""
+    arrays = {f"{m}/{k}": v for m, entry in entries.items() for k, v in entry.items()}
+    partial = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(partial, mask=available, **arrays)
+    partial.replace(path)
+
+
+def load_recovered(path: Path | str) -> dict[str, dict[str, np.ndarray]]:
+    """The entries :func:`save_recovered` wrote (without the mask)."""
+    entries: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path, allow_pickle=False) as archive:
+        for key in archive.files:
+            if "/" in key:
+                m, part = key.split("/", 1)
+                entries.setdefault(m, {})[part] = archive[key]
+    return entries
 
 
 def gaps_table(gaps: dict[str, dict[str, float]]) -> str:
-    """A text table of :func:`distribution_gaps`: one row per modality, recovery / zeros."""
+    """A text table of :func:`distribution_gaps`: one row per modality, recovery (zeros)."""
     header = ["modality", "n", *(f"{k} (zeros)" for k in GAP_KEYS)]
     rows = [
         [m, str(int(row["n"])), *(f"{row[k]:.4f} ({row[k + '_zero']:.4f})" for k in GAP_KEYS)]
