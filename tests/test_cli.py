@@ -226,11 +226,17 @@ def test_demo_compares_methods_over_rates(
     argv = ["demo", "--rates", "0.0", "0.3", "--methods", "zero_fill", "dicmor", *settings]
     argv += ["--data", str(workspace / "data.npz"), "--output-dir", str(tmp_path)]
     assert main(argv) == 0
-    rows = table_rows(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    rows = table_rows(out)
     methods = [cell for row in rows for cell in row.split() if cell in ("zero_fill", "dicmor")]
     assert sorted(methods) == ["dicmor", "dicmor", "zero_fill", "zero_fill"]
     assert sum("0.3" in row for row in rows) == 2
     assert len(list(tmp_path.iterdir())) >= 4
+    # It ends with the sweep's report.
+    report = tmp_path / "report.html"
+    assert report.is_file() and out.rstrip().endswith(f"report written to {report}")
+    text = report.read_text()
+    assert "Distribution gaps" in text and "t-SNE" in text and "data:image/png;base64" in text
 
 
 def test_sweep_runs_every_protocol_given(

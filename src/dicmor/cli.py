@@ -128,8 +128,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Train each method at several missing rates on the embedded dataset; print one table."""
+    """Train each method at several missing rates on the embedded dataset; print one table and
+    write the sweep's HTML report."""
+    from dicmor.reporting.report import write_report
+
     _sweep(args, seeds=[args.seed] if args.seed is not None else None, resume=False)
+    out_dir = Path(_config_from_args(args).output_dir)
+    report = write_report(out_dir, out_dir / "report.html")
+    print(f"report written to {report}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -181,10 +187,25 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> N
 
 def cmd_plot(args: argparse.Namespace) -> None:
     """Plot a sweep's metric against the missing rate (or per protocol), mean ± std."""
+    if args.kind == "tsne":
+        from dicmor.reporting.tsne import plot_tsne, recovered_panels
+
+        out = args.out if args.out != "sweep.png" else "tsne.png"
+        written = plot_tsne(recovered_panels(args.sweep, args.protocol), out, args.modality)
+        print("t-SNE written to " + " and ".join(str(p) for p in written))
+        return
     from dicmor.reporting.plots import plot_summary, read_summary
 
     out = plot_summary(read_summary(args.sweep), args.out, args.metric)
     print(f"plot written to {out}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Write one self-contained HTML report of a sweep (tables, curves, gaps, t-SNE, runs)."""
+    from dicmor.reporting.report import write_report
+
+    out = write_report(args.sweep, args.out)
+    print(f"report written to {out}")
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -340,10 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
 
     plot = commands.add_parser("plot", help=cmd_plot.__doc__, description=cmd_plot.__doc__)
-    plot.add_argument("sweep", help="a sweep's output folder (holding summary.json) or the file")
+    plot.add_argument(
+        "sweep", help="a sweep's output folder (holding summary.json), the file, or (t-SNE) a run"
+    )
     plot.add_argument("--metric", help="metric key, e.g. acc2_non0, f1_non0, acc7, mae, acc")
     plot.add_argument("--out", default="sweep.png", help="image to write (.png, .pdf, .svg)")
+    plot.add_argument(
+        "--kind",
+        choices=["metric", "tsne"],
+        default="metric",
+        help="metric: the metric against the missing rate (default); tsne: real vs recovered "
+        "features of a modality, one panel per method (PNG and PDF, default tsne.png)",
+    )
+    plot.add_argument("--modality", help="t-SNE: the modality (default: the first recovered)")
+    plot.add_argument("--protocol", help="t-SNE of a sweep: the protocol (default: its last)")
     plot.set_defaults(func=cmd_plot)
+
+    report = commands.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    report.add_argument("sweep", help="a sweep's output folder")
+    report.add_argument("--out", default="report.html", help="HTML file to write")
+    report.set_defaults(func=cmd_report)
 
     table = commands.add_parser("table", help=cmd_table.__doc__, description=cmd_table.__doc__)
     table.add_argument("sweep", help="a sweep's output folder (holding summary.json) or the file")
