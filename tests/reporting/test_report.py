@@ -26,7 +26,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
         MissingProtocol("random", 0.4),
         MissingProtocol("fixed", keep=("fourier", "zernike")),
     ]
-    run_sweep(base, ["zero_fill", "cross_regression"], protocols, [1, 2], log=lambda _: None)
+    methods = ["zero_fill", "cross_regression", "dicmor"]
+    run_sweep(base, methods, protocols, [1], log=lambda _: None)
     return out
 
 
@@ -72,10 +73,18 @@ def test_the_report_is_one_self_contained_well_formed_file(sweep: Path, tmp_path
     )
     assert not re.search(r"https?://|<script|<link", document)
     # Every run linked, relative to the report, to its existing folder.
-    assert len(parsed.links) == 12
+    assert len(parsed.links) == 9
     for href in parsed.links:
         assert not Path(href).is_absolute() and (out.parent / href / "metrics.json").is_file()
     text = " ".join(parsed.text)
+    for name in (
+        "zero_fill",
+        "cross_regression",
+        "dicmor",
+        "random MR=0.40",
+        "fixed {fourier,zernike}",
+    ):
+        assert name in text
     for heading in (
         "Settings",
         "Results: mean ± std over seeds",
@@ -88,15 +97,16 @@ def test_the_report_is_one_self_contained_well_formed_file(sweep: Path, tmp_path
         assert heading in text
     # The gap table lists the recovering method only, under the protocols that hide something.
     gaps = document.split("Distribution gaps")[1].split("t-SNE")[0]
-    assert "cross_regression" in gaps and "zero_fill" not in gaps
+    assert "cross_regression" in gaps and "dicmor" in gaps and "zero_fill" not in gaps
     assert "random MR=0.40" in gaps and "random MR=0.00" not in gaps and "zeros" in gaps
 
 
 def test_tsne_of_a_run_and_of_a_sweep(sweep: Path, tmp_path: Path) -> None:
     panels = recovered_panels(sweep)
-    assert [title for title, _ in panels] == ["cross_regression, fixed {fourier,zernike}"]
+    fixed = "fixed {fourier,zernike}"
+    assert [title for title, _ in panels] == [f"cross_regression, {fixed}", f"dicmor, {fixed}"]
     chosen = recovered_panels(sweep, "random MR=0.40")
-    assert [title for title, _ in chosen] == ["cross_regression, random MR=0.40"]
+    assert [t for t, _ in chosen] == ["cross_regression, random MR=0.40", "dicmor, random MR=0.40"]
     written = plot_tsne(chosen, tmp_path / "tsne.png")
     assert [p.name for p in written] == ["tsne.png", "tsne.pdf"]
     assert all(p.stat().st_size > 1000 for p in written)
@@ -108,3 +118,9 @@ def test_tsne_of_a_run_and_of_a_sweep(sweep: Path, tmp_path: Path) -> None:
         plot_tsne(chosen, tmp_path / "tsne.png", modality="smell")
     with pytest.raises(ConfigError, match="not in this sweep"):
         recovered_panels(sweep, "random MR=0.90")
+    nothing = next(p.parent for p in sweep.glob("*dicmor*MR0.00*/recovered.npz"))
+    with pytest.raises(ConfigError, match="this run recovered nothing"):
+        recovered_panels(nothing)
+    zero_fill = next(p.parent for p in sweep.glob("*zero_fill*MR0.40*/metrics.json"))
+    with pytest.raises(ConfigError, match="kept no recovered features"):
+        recovered_panels(zero_fill)

@@ -32,7 +32,15 @@ def recovered_panels(path: str | Path, protocol: str | None = None) -> list[Pane
     path = Path(path)
     if (path / "recovered.npz").is_file():
         method = json.loads((path / "metrics.json").read_text()).get("method", path.name)
-        return [(method, load_recovered(path / "recovered.npz"))]
+        entries = load_recovered(path / "recovered.npz")
+        if not entries:
+            raise ConfigError(f"{path}: this run recovered nothing (nothing was missing)")
+        return [(method, entries)]
+    if (path / "metrics.json").is_file():
+        raise ConfigError(
+            f"{path}: this run kept no recovered features (its method recovers none, or "
+            "train.save_recovered was off)"
+        )
     listing = path / "sweep.json"
     if not listing.is_file():
         raise ConfigError(f"{path}: neither a run with recovered.npz nor a sweep folder")
