@@ -169,3 +169,10 @@ def test_recovered_entries_round_trip_and_their_gaps(tmp_path: Path) -> None:
     assert set(GAP_KEYS) <= set(gaps)
     assert gaps["c2st_zero"] > 0.5 and gaps["cosine_zero"] == 0.0
     assert gaps["mse_mean"] <= gaps["mse_zero"] + 1e-9  # the mean is the best constant
+    # Each class's own values, whose sample-weighted mean is the per-class figure.
+    per_class = {k: v for k, v in gaps.items() if k.startswith("mmd@") and "_" not in k}
+    counts = {f"mmd@{c}": (entries["text"]["classes"] == c).sum() for c in range(3)}
+    weights = np.array([counts[k] for k in per_class], dtype=float)
+    assert gaps["class_mmd"] == pytest.approx(
+        np.dot(weights / weights.sum(), list(per_class.values()))
+    )

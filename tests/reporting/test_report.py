@@ -99,6 +99,7 @@ def test_the_report_is_one_self_contained_well_formed_file(sweep: Path, tmp_path
     gaps = document.split("Distribution gaps")[1].split("t-SNE")[0]
     assert "cross_regression" in gaps and "dicmor" in gaps and "zero_fill" not in gaps
     assert "random MR=0.40" in gaps and "random MR=0.00" not in gaps and "zeros" in gaps
+    assert "Per class" in gaps
 
 
 def test_tsne_of_a_run_and_of_a_sweep(sweep: Path, tmp_path: Path) -> None:

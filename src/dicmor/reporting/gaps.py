@@ -225,7 +225,8 @@ def _distribution_measures(
 ) -> dict[str, float]:
     """MSE, cosine, pooled and per-class MMD and Fréchet distance, and the classifier
     two-sample accuracy (on time-averaged entries) of ``other`` against ``real`` (both
-    (n, d, T), one class per sample)."""
+    (n, d, T), one class per sample); each class's MMD and Fréchet distance as ``mmd@c`` and
+    ``frechet@c``."""
     steps = real.shape[2]
 
     def points(x: torch.Tensor) -> torch.Tensor:
@@ -251,6 +252,9 @@ def _distribution_measures(
         class_mmd.append(mmd_rbf(real_points[rows], other_points[rows]))
         class_frechet.append(frechet_distance(real_points[rows], other_points[rows]))
         weights.append(float((classes == c).sum()))
+        # Each class's own values too, as ``mmd@c`` and ``frechet@c``.
+        measures[f"mmd@{c}"] = class_mmd[-1]
+        measures[f"frechet@{c}"] = class_frechet[-1]
     if weights:
         w = np.asarray(weights) / sum(weights)
         measures["class_mmd"] = float(np.dot(w, class_mmd))

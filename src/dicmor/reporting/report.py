@@ -59,9 +59,27 @@ def _mean_std(values: list[float]) -> str:
     return f"{array.mean():.3f} ± {array.std(ddof=1):.3f}"
 
 
-def gap_rows(runs: Sequence[dict]) -> list[list[str]]:
-    """Per (protocol, method, modality): each gap measure, recovery (zeros / mean), mean ± std
-    over the seeds whose runs kept ``recovered.npz``."""
+def class_gap_rows(groups: dict[tuple[str, str, str], list[dict]]) -> list[list[str]]:
+    """Per (protocol, method, modality, class): MMD and Fréchet distance, recovery (zeros),
+    mean ± std over seeds."""
+    rows = []
+    for (protocol, method, m), found in groups.items():
+        classes = sorted(
+            {k.split("@", 1)[1] for r in found for k in r if k.startswith("mmd@") and "_" not in k},
+            key=float,
+        )
+        for c in classes:
+            cells = [protocol, method, m, c]
+            for key in ("mmd", "frechet"):
+                own = _mean_std([r.get(f"{key}@{c}", np.nan) for r in found])
+                zero = _mean_std([r.get(f"{key}@{c}_zero", np.nan) for r in found])
+                cells.append(f"{own} (zeros {zero})")
+            rows.append(cells)
+    return rows
+
+
+def _gap_groups(runs: Sequence[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """Each run's gaps (of its ``recovered.npz``) grouped by (protocol, method, modality)."""
     groups: dict[tuple[str, str, str], list[dict]] = {}
     for run in runs:
         path = Path(run["run_dir"]) / "recovered.npz"
@@ -69,6 +87,12 @@ def gap_rows(runs: Sequence[dict]) -> list[list[str]]:
             continue
         for m, row in gaps_of(load_recovered(path)).items():
             groups.setdefault((run["protocol"], run["method"], m), []).append(row)
+    return groups
+
+
+def gap_rows(groups: dict[tuple[str, str, str], list[dict]]) -> list[list[str]]:
+    """Per (protocol, method, modality): each gap measure, recovery (zeros / mean), mean ± std
+    over the seeds whose runs kept ``recovered.npz``."""
     table = []
     for (protocol, method, m), rows in groups.items():
         cells = [protocol, method, m, str(len(rows))]
@@ -141,7 +165,8 @@ def write_report(sweep: str | Path, out: str | Path) -> Path:
         parts.append("<h2>Per-subset evaluation (dicmor evaluate)</h2>")
         parts.append(_table(["method", "seed", "protocol", "split", *keys], evaluated))
 
-    gaps = gap_rows(runs)
+    groups = _gap_groups(runs)
+    gaps = gap_rows(groups)
     if gaps:
         parts.append("<h2>Distribution gaps of the recovered test entries</h2>")
         parts.append(
@@ -153,6 +178,9 @@ def write_report(sweep: str | Path, out: str | Path) -> Path:
         )
         header = ["protocol", "method", "modality", "seeds", *(GAP_LABELS[k] for k in GAP_COLUMNS)]
         parts.append(_table(header, gaps))
+        parts.append("<h3>Per class</h3>")
+        header = ["protocol", "method", "modality", "class", "MMD", "Fréchet"]
+        parts.append(_table(header, class_gap_rows(groups)))
         panels = recovered_panels(sweep)
         parts.append("<h2>t-SNE of real and recovered features</h2>")
         parts.append(_image(lambda p: plot_tsne(panels, p), "t-SNE of real and recovered"))
