@@ -242,25 +242,27 @@ def _distribution_measures(
         "frechet": frechet_distance(real_points[chosen], other_points[chosen]),
         "c2st": classifier_two_sample(real.mean(dim=2), other.mean(dim=2)),
     }
-    class_mmd, class_frechet, weights = [], [], []
+    # Per class: MMD for every class with 2 or more points; the Fréchet distance only where a
+    # class has more points than dimensions (a full-rank covariance). Each averaged over the
+    # classes it covers, weighted by their samples.
+    per_class: dict[str, list[tuple[float, float]]] = {"mmd": [], "frechet": []}
     for c in torch.unique(classes).tolist():
         rows = (point_classes == c).nonzero().squeeze(1)
-        # A class needs more points than dimensions for its covariance to be of full rank.
-        if len(rows) <= real.shape[1]:
+        if len(rows) < 2:
             continue
         rows = _subsample(rows, max_points, generator)
-        class_mmd.append(mmd_rbf(real_points[rows], other_points[rows]))
-        class_frechet.append(frechet_distance(real_points[rows], other_points[rows]))
-        weights.append(float((classes == c).sum()))
-        # Each class's own values too, as ``mmd@c`` and ``frechet@c``.
-        measures[f"mmd@{c}"] = class_mmd[-1]
-        measures[f"frechet@{c}"] = class_frechet[-1]
-    if weights:
-        w = np.asarray(weights) / sum(weights)
-        measures["class_mmd"] = float(np.dot(w, class_mmd))
-        measures["class_frechet"] = float(np.dot(w, class_frechet))
-    else:
-        measures["class_mmd"] = measures["class_frechet"] = float("nan")
+        weight = float((classes == c).sum())
+        measures[f"mmd@{c}"] = mmd_rbf(real_points[rows], other_points[rows])
+        per_class["mmd"].append((weight, measures[f"mmd@{c}"]))
+        if len(rows) > real.shape[1]:
+            measures[f"frechet@{c}"] = frechet_distance(real_points[rows], other_points[rows])
+            per_class["frechet"].append((weight, measures[f"frechet@{c}"]))
+    for key, pairs in per_class.items():
+        if pairs:
+            w = np.array([p[0] for p in pairs])
+            measures[f"class_{key}"] = float(np.dot(w / w.sum(), [p[1] for p in pairs]))
+        else:
+            measures[f"class_{key}"] = float("nan")
     return measures
 
 
@@ -346,8 +348,8 @@ def distribution_gaps(
     the MSE; the cosine to the real entry; the MMD of :func:`mmd_rbf` (kernel widths 0.5, 1 and
     2 times the median pairwise distance of the pooled points); the Fréchet distance; both of the
     latter per class of the prior (labels, or the 7 sentiment bins), averaged over classes
-    weighted by their samples, for classes with more points than feature dimensions; and the
-    classifier two-sample accuracy on time-averaged entries (0.5 = indistinguishable). At most
+    weighted by their samples (MMD over classes of 2 or more points, Fréchet over classes of
+    more points than feature dimensions); and the classifier two-sample accuracy on time-averaged entries (0.5 = indistinguishable). At most
     ``max_points`` points per comparison, drawn with ``seed``.
 
     Returns:
