@@ -349,8 +349,9 @@ def distribution_gaps(
     2 times the median pairwise distance of the pooled points); the Fréchet distance; both of the
     latter per class of the prior (labels, or the 7 sentiment bins), averaged over classes
     weighted by their samples (MMD over classes of 2 or more points, Fréchet over classes of
-    more points than feature dimensions); and the classifier two-sample accuracy on time-averaged entries (0.5 = indistinguishable). At most
-    ``max_points`` points per comparison, drawn with ``seed``.
+    more points than feature dimensions); and the classifier two-sample accuracy on
+    time-averaged entries (0.5 = indistinguishable). At most ``max_points`` points per
+    comparison, drawn with ``seed``.
 
     Returns:
         ``{m: {"n": entries, "mse": …, "mse_zero": …, "mse_mean": …, …}}`` with the keys of
