@@ -91,6 +91,7 @@ def test_run_directory_holds_everything_to_reproduce_and_reuse_the_run(
     assert summary["version"] == code_version() != ""
     assert summary["method"] == "zero_fill"
     assert summary["seed"] == config.train.seed
+    assert 0 < summary["seconds"] < 600  # the run's wall time
 
     history = json.loads((run_dir / "history.json").read_text())
     assert set(history) == set(result.stages) == {"main"}

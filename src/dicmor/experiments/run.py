@@ -2,8 +2,8 @@
 
 A run directory holds ``config.yaml`` (resolved), ``masks.npz`` (the availability masks of every
 split), ``history.json`` (per-epoch losses of each stage), ``metrics.json`` (test metrics, read
-once at the end, plus the code version), ``recovered.npz`` (for methods that recover features:
-the test split's recovered entries and the real ones, see
+once at the end, plus the code version and the run's wall time), ``recovered.npz`` (for
+methods that recover features: the test split's recovered entries and the real ones, see
 :func:`~dicmor.reporting.gaps.save_recovered`) and ``checkpoint.pt`` (weights, config and data
 description, enough for ``dicmor evaluate`` and ``dicmor predict``).
 """
@@ -91,6 +91,7 @@ def run_experiment(
     ``masks`` ({split: (N, M) bool}, e.g. another run's ``masks.npz``) replaces the masks the
     protocol would generate, so that several methods train and test on the same missing entries.
     """
+    started = time.perf_counter()
     seed_everything(config.train.seed)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
@@ -132,6 +133,7 @@ def run_experiment(
         "protocol": str(config.missing),
         "seed": config.train.seed,
         "version": code_version(),
+        "seconds": round(time.perf_counter() - started, 3),
     }
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     np.save(run_dir / "test_predictions.npy", predictions)
