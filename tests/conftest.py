@@ -56,6 +56,24 @@ def tiny_dataset(task: str = "regression", n: int = 24, seed: int = 0) -> Multim
     )
 
 
+def shared_factor_dataset() -> MultimodalDataset:
+    """The learning tests' data: 400 samples of six classes, three modalities (4 steps × 16
+    features) that each hint at the class and share 8 sample-level factors beyond it (each sees
+    part of them), so one modality's features say something about another's."""
+    from dicmor.data.synthetic import make_classification_dataset
+
+    shapes = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
+    return make_classification_dataset(
+        400,
+        num_classes=6,
+        modalities=shapes,
+        seed=0,
+        signal=2.0,
+        shared_factors=8,
+        shared_signal=2.0,
+    )
+
+
 def small_config(method: str, **overrides: object) -> Config:
     """The ``tiny`` preset with small batches and two epochs: a few seconds of CPU. Its kernel
     of 2 steps exercises the temporal convolution on the tests' sequences."""

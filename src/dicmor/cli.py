@@ -149,38 +149,30 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> N
     from dicmor.registry import model_names
 
     base = _config_from_args(args)
-    dataset = None
+    # A named plan supplies the defaults; --methods, --missing and --seeds narrow it.
+    dataset, plan = None, None
     if getattr(args, "plan", None):
         from dicmor.data import load_data
         from dicmor.experiments.plans import get_plan
 
         dataset = load_data(base.data)
         plan = get_plan(args.plan, dataset.modality_names, base.train.batch_size)
-        methods = args.methods or list(plan.methods)
-        protocols = plan.protocols
-        if args.protocols:
-            protocols = [
-                MissingProtocol.from_string(text, batch_size=base.train.batch_size)
-                for text in args.protocols
-            ]
-        _, _, table = run_sweep(
-            base, methods, protocols, seeds or list(plan.seeds), resume=resume, dataset=dataset
-        )
-        print()
-        print(table)
-        return
-    methods = args.methods or [m for m in ("zero_fill", "dicmor") if m in model_names()]
+    default_methods = [m for m in ("zero_fill", "dicmor") if m in model_names()]
+    methods = args.methods or (list(plan.methods) if plan else default_methods)
     if args.protocols:
         protocols = [
             MissingProtocol.from_string(text, batch_size=base.train.batch_size)
             for text in args.protocols
         ]
+    elif plan:
+        protocols = list(plan.protocols)
     else:
         protocols = [
             MissingProtocol(kind="random", rate=rate) if rate > 0 else MissingProtocol()
             for rate in args.rates
         ]
-    _, _, table = run_sweep(base, methods, protocols, seeds or [base.train.seed], resume=resume)
+    seeds = seeds or (list(plan.seeds) if plan else [base.train.seed])
+    _, _, table = run_sweep(base, methods, protocols, seeds, resume=resume, dataset=dataset)
     print()
     print(table)
 

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from scipy import linalg
-from tests.conftest import build_model_for, small_config, tiny_dataset
+from tests.conftest import build_model_for, shared_factor_dataset, small_config, tiny_dataset
 
 from dicmor.config import load_config
 from dicmor.data.batches import Batches
-from dicmor.data.synthetic import make_classification_dataset
 from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.models.dcca import canonical_correlation
@@ -274,16 +273,7 @@ LEARNING = {
 
 @pytest.mark.parametrize("method", sorted(LEARNING))
 def test_each_baseline_learns_on_shared_factor_data(method: str, tmp_path: Path) -> None:
-    shapes = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
-    data = make_classification_dataset(
-        400,
-        num_classes=6,
-        modalities=shapes,
-        seed=0,
-        signal=2.0,
-        shared_factors=8,
-        shared_signal=2.0,
-    )
+    data = shared_factor_dataset()
     changes = {
         "model.method": method,
         "train.batch_size": 32,

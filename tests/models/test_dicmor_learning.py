@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import small_config
+from tests.conftest import shared_factor_dataset, small_config
 
-from dicmor.data.synthetic import make_classification_dataset
 from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol
 from dicmor.reporting.gaps import recovery_gaps
@@ -49,16 +48,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[Outcome]:
     # Six classes; each modality alone is a partial hint. The modalities share 8 sample-level
     # factors beyond the class (each sees part of them), so one modality's features say
     # something about another's that the class alone does not: what a recovery can use.
-    shapes = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
-    data = make_classification_dataset(
-        400,
-        num_classes=6,
-        modalities=shapes,
-        seed=0,
-        signal=2.0,
-        shared_factors=8,
-        shared_signal=2.0,
-    )
+    data = shared_factor_dataset()
     output_dir = tmp_path_factory.mktemp("learning")
     results = []
     for seed in SEEDS:
