@@ -51,7 +51,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         with np.load(args.masks, allow_pickle=False) as saved:
             protocol = MissingProtocol.from_string(str(saved["protocol"]))
         config = replace(config, missing=protocol)
-    result = run_experiment(config, name=args.name, masks=masks)
+    result = run_experiment(config, name=args.name, masks=masks, restart=args.restart)
     row = {
         "method": config.model.method,
         "protocol": str(config.missing),
@@ -276,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
         "run's) instead of generating them",
     )
     train.add_argument("--name", help="run folder name (default: time, data, method, protocol)")
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="start an unfinished run of the same settings over instead of resuming it",
+    )
     train.set_defaults(func=cmd_train)
 
     ev = commands.add_parser(
@@ -335,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--rerun",
                 action="store_true",
                 help="train every run again, even those an earlier sweep in the output folder "
-                "finished with the same settings (default: reuse them)",
+                "finished with the same settings, and start unfinished ones over (default: "
+                "reuse finished runs, resume unfinished ones)",
             )
             sub.add_argument(
                 "--seeds",

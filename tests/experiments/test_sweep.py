@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +119,70 @@ def test_a_sweep_started_again_reuses_what_it_finished(tmp_path: Path) -> None:
     messages.clear()
     run_sweep(sweep_config(tmp_path), ["zero_fill"], protocols, [1], log=messages.append)
     assert not any("finished in" in m for m in messages)
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_summary(tmp_path: Path) -> None:
+    protocols = [MissingProtocol(kind="random", rate=0.3)]
+    config = sweep_config(tmp_path / "a", **{"train.max_epochs": 3, "train.patience": 50})
+    config = config.replace(**{"train.progress": True})  # per-epoch lines: not a terminal
+    run_sweep(config, ["zero_fill", "mean_fill"], protocols, [1], log=lambda _: None)
+
+    def interrupt(line: str) -> None:
+        if line.startswith("main 2/") and any(m.startswith("== run 2/2") for m in seen):
+            raise KeyboardInterrupt
+
+    seen: list[str] = []
+    interrupted = config.replace(output_dir=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(
+            interrupted,
+            ["zero_fill", "mean_fill"],
+            protocols,
+            [1],
+            log=lambda line: (seen.append(line), interrupt(line)),
+        )
+    messages: list[str] = []
+    run_sweep(interrupted, ["zero_fill", "mean_fill"], protocols, [1], log=messages.append)
+    assert any("finished in" in m for m in messages)
+    assert "main: resuming after epoch 1" in messages
+    summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab"]
+    assert summaries[0] == summaries[1]
+
+
+def test_a_sweep_reports_elapsed_time_and_an_estimate_of_what_is_left(tmp_path: Path) -> None:
+    messages: list[str] = []
+    run_sweep(
+        sweep_config(tmp_path),
+        ["zero_fill"],
+        [MissingProtocol("random", 0.3)],
+        [1, 2, 3],
+        log=messages.append,
+    )
+    starts = [m for m in messages if m.startswith("== run")]
+    assert starts[0].endswith("(elapsed 0:00)")
+    assert all(re.search(r"\(elapsed \d+:\d\d, ETA \d+:\d\d\)$", m) for m in starts[1:]), starts
+
+
+def test_two_sweeps_writing_one_folder_keep_every_run(tmp_path: Path) -> None:
+    def sweep(method: str) -> subprocess.Popen:
+        command = [
+            sys.executable, "-m", "dicmor", "sweep", "--data", "mfeat",
+            "--set", "data.modalities=[fourier,morphological]", "--set", "model.dim=8",
+            "--set", "model.kernel_size=1", "--set", "train.max_epochs=1",
+            "--set", "train.progress=false",
+            "--methods", method, "--rates", "0.3", "--seeds", "1", "2", "3",
+            "--output-dir", str(tmp_path),
+        ]  # fmt: skip
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    processes = [sweep("zero_fill"), sweep("mean_fill")]
+    for process in processes:
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output.decode()
+    runs = json.loads((tmp_path / "sweep.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in runs) == [
+        (m, s) for m in ("mean_fill", "zero_fill") for s in (1, 2, 3)
+    ]
+    assert all((Path(r["run_dir"]) / "metrics.json").is_file() for r in runs)
+    rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
+    assert sorted((row["method"], row["n"]) for row in rows) == [("mean_fill", 3), ("zero_fill", 3)]

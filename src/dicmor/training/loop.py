@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from tqdm.auto import tqdm
 from dicmor.config import TrainConfig
 from dicmor.data.batches import Batches
 from dicmor.models.base import MultimodalModel
+from dicmor.training.state import rng_state, set_rng_state
 
 
 class TrainingError(RuntimeError):
@@ -77,12 +80,20 @@ def fit(
     lr: float | None = None,
     optimizer_name: str = "adam",
     weight_decay: float | None = None,
+    resume: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train ``model`` in place and restore its best state by validation loss.
 
     ``objective`` is the loss term optimised; ``monitor`` the validation term that selects the
     best epoch (default ``config.select_on``); ``lr`` and ``weight_decay`` override
     ``config``'s; ``optimizer_name`` is ``adam``, ``adamw`` or ``sgd``.
+
+    ``on_epoch`` receives, after every epoch, the loop's whole state (weights, optimiser,
+    scheduler, early-stopping counters, best weights, history, random generators); given back
+    as ``resume``, training goes on from there exactly as if it had not stopped. ``log`` gets
+    one line per epoch when no progress bar is shown (output not on a terminal).
     """
     monitor = monitor or config.select_on
     params = [p for p in model.parameters() if p.requires_grad]
@@ -101,8 +112,20 @@ def fit(
     history: list[dict[str, float]] = []
     epochs = max_epochs or config.max_epochs
     stale = 0
-    epoch = 0
-    for epoch in range(1, epochs + 1):
+    epoch = start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        best_loss, best_epoch, stale = resume["best_loss"], resume["best_epoch"], resume["stale"]
+        best_state, history = resume["best_state"], list(resume["history"])
+        epoch = start = resume["epoch"]
+        train.epoch = valid.epoch = start
+        set_rng_state(resume["rng"])
+        if resume["finished"]:
+            model.load_state_dict(best_state)
+            return FitResult(best_epoch, best_loss, epoch, history)
+    for epoch in range(start + 1, epochs + 1):
         model.train()
         optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = defaultdict(float)
@@ -156,8 +179,31 @@ def fit(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
-            if stale >= config.patience:
-                break
+        finished = stale >= config.patience or epoch == epochs
+        if log is not None and bar.disable and config.progress:
+            log(
+                f"{desc} {epoch}/{epochs}: train {objective} {record[f'train_{objective}']:.4f}, "
+                f"valid {monitor} {valid_loss:.4f} (best {best_loss:.4f} at {best_epoch}), "
+                f"lr {record['lr']:.3g}"
+            )
+        if on_epoch is not None:
+            on_epoch(
+                {
+                    "epoch": epoch,
+                    "finished": finished,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_loss": best_loss,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                    "best_state": best_state,
+                    "history": history,
+                    "rng": rng_state(),
+                }
+            )
+        if finished:
+            break
     model.load_state_dict(best_state)
     return FitResult(best_epoch, best_loss, epoch, history)
 

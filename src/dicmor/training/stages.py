@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +30,12 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def stage_seed(seed: int, index: int) -> int:
+    """The seed a run's stage ``index`` (from 0) starts from: whether the stage before it was
+    trained or its weights read from the cache, the stage draws the same numbers."""
+    return seed * 1_000 + index + 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -103,8 +110,10 @@ def fit_stage(
     masks: dict[str, np.ndarray],
     config: Config,
     device: torch.device,
+    **loop: Any,
 ) -> FitResult:
-    """Train one stage: complete data or the protocol's masks, the stage's own settings."""
+    """Train one stage: complete data or the protocol's masks, the stage's own settings;
+    ``loop`` goes to :func:`~dicmor.training.loop.fit` (``resume``, ``on_epoch``, ``log``)."""
     train_config = config.train
     if stage.batch_size is not None:
         train_config = replace(train_config, batch_size=stage.batch_size)
@@ -129,6 +138,7 @@ def fit_stage(
         lr=stage.lr,
         optimizer_name=stage.optimizer,
         weight_decay=stage.weight_decay,
+        **loop,
     )
 
 
@@ -139,30 +149,72 @@ def train_stages(
     config: Config,
     device: torch.device,
     log: Callable[[str], None] = print,
+    *,
+    save: Callable[[dict[str, Any]], None] | None = None,
+    saved: dict[str, Any] | None = None,
 ) -> dict[str, FitResult]:
     """Train every stage of ``model`` in order; returns each trained stage's result.
 
     A complete-data stage reuses cached weights when there are any, and caches its own. A stage
     that declares ``skip_when_complete`` is skipped, with its reason logged, when nothing is
-    missing in the training and validation data; every other stage runs.
+    missing in the training and validation data; every other stage runs. Each stage starts
+    from its own seed (:func:`stage_seed`), so a cached stage gives the same run as a trained one.
+
+    ``save`` gets the whole training state after every epoch and every stage (the stage index,
+    the finished stages' results, the weights and, inside a stage, the loop's state); such a
+    state given back as ``saved`` resumes training where it was.
     """
     presents = {s: split.present for s, split in dataset.splits.items()}
     nothing_missing = all(np.array_equal(masks[s], presents[s]) for s in ("train", "valid"))
     results: dict[str, FitResult] = {}
-    for stage in model.stages():
+    first = 0
+    if saved is not None:
+        first = saved["stage"]
+        results = {name: FitResult(**result) for name, result in saved["results"].items()}
+        model.load_state_dict(saved["model"])
+
+    def state(index: int, weights: dict, fit_state: dict | None) -> dict[str, Any]:
+        done = {name: asdict(result) for name, result in results.items()}
+        return {"stage": index, "results": done, "model": weights, "fit": fit_state}
+
+    for index, stage in enumerate(model.stages()):
+        if index < first:
+            continue
         if nothing_missing and stage.skip_when_complete is not None:
             log(f"{stage.name}: skipped, {stage.skip_when_complete}")
             continue
         model.begin_stage(stage)
+        seed_everything(stage_seed(config.train.seed, index))
+        resume = saved["fit"] if saved is not None and index == first else None
         stage_masks = presents if stage.complete_data else masks
         cache = stage_cache_path(config, dataset, stage.name) if stage.complete_data else None
-        if cache is not None and cache.exists():
+        if resume is None and cache is not None and cache.exists():
             problem = load_cached(model, cache, device)
             if problem is None:
                 log(f"{stage.name}: reusing cached weights {cache}")
+                if save is not None:
+                    save(state(index + 1, model.state_dict(), None))
                 continue
             log(f"{stage.name}: not reusing {cache} ({problem}); training the stage again")
-        result = fit_stage(model, stage, dataset, stage_masks, config, device)
+        if resume is not None:
+            log(f"{stage.name}: resuming after epoch {resume['epoch']}")
+        on_epoch = None
+        if save is not None:
+
+            def on_epoch(fit_state: dict[str, Any], index: int = index) -> None:
+                save(state(index, fit_state["model"], fit_state))
+
+        result = fit_stage(
+            model,
+            stage,
+            dataset,
+            stage_masks,
+            config,
+            device,
+            resume=resume,
+            on_epoch=on_epoch,
+            log=log,
+        )
         results[stage.name] = result
         log(
             f"{stage.name}: best epoch {result.best_epoch}/{result.epochs_run}, "
@@ -170,4 +222,6 @@ def train_stages(
         )
         if cache is not None:
             save_cached(model, cache)
+        if save is not None:
+            save(state(index + 1, model.state_dict(), None))
     return results
