@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dicmor.config import Config, ConfigError, load_config, parse_override, preset_names
-from dicmor.data.dataset import DataError
-from dicmor.missing.protocols import MaskFileError, MissingProtocol, MissingProtocolError
+from dicmor.config import Config, load_config, parse_override, preset_names
+from dicmor.errors import ConfigError, InputError
+from dicmor.missing.protocols import MissingProtocol
+from dicmor.outputs import writable_file, write_atomic, write_text
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
@@ -31,7 +32,11 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     if getattr(args, "data", None):
         changes["data.source"] = args.data
     config = config.replace(**changes)
-    if getattr(args, "missing", None):
+    if getattr(args, "missing", None) is not None:
+        if not args.missing.strip():
+            raise ConfigError(
+                "--missing is empty: give none, random:RATE, fixed:NAME+NAME or legacy-batch:RATE"
+            )
         protocol = MissingProtocol.from_string(args.missing, batch_size=config.train.batch_size)
         config = replace(config, missing=protocol)
     return config
@@ -43,15 +48,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     from dicmor.reporting.tables import metrics_table
 
     config = _config_from_args(args)
-    masks = None
+    masks, mask_names = None, None
     if args.masks:
         from dicmor.missing.protocols import load_masks
 
-        masks, _ = load_masks(args.masks)
+        masks, mask_names = load_masks(args.masks)
         with np.load(args.masks, allow_pickle=False) as saved:
             protocol = MissingProtocol.from_string(str(saved["protocol"]))
         config = replace(config, missing=protocol)
-    result = run_experiment(config, name=args.name, masks=masks, restart=args.restart)
+    result = run_experiment(
+        config, name=args.name, masks=masks, mask_names=mask_names, restart=args.restart
+    )
     row = {
         "method": config.model.method,
         "protocol": str(config.missing),
@@ -105,7 +112,7 @@ def _report_gaps(model, dataset, settings, split: str, run_dir: Path) -> None:
         print(f"\nrecovered {split} entries against the real ones, {label} (zeros in parentheses)")
         print(gaps_table(gaps) if gaps else "nothing recovered")
         report[label] = gaps
-    (run_dir / "gaps.json").write_text(json.dumps({"split": split, "gaps": report}, indent=1))
+    write_text(run_dir / "gaps.json", json.dumps({"split": split, "gaps": report}, indent=1))
     print(f"gaps written to {run_dir / 'gaps.json'}")
 
 
@@ -115,6 +122,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from dicmor.training.checkpoints import load_checkpoint
     from dicmor.training.stages import resolve_device
 
+    writable_file(args.out)
+    if args.recovered is not None:
+        writable_file(args.recovered)
     device = resolve_device(args.device or "cpu")
     model, _ = load_checkpoint(args.run, device)
     result = predict(
@@ -123,7 +133,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     write_predictions(result, args.out, model.info.modality_names)
     print(f"{len(result.ids)} predictions written to {args.out}")
     if args.recovered is not None:
-        np.savez_compressed(args.recovered, id=result.ids, **result.features)
+        write_atomic(
+            args.recovered,
+            lambda partial: np.savez_compressed(partial, id=result.ids, **result.features),
+        )
         print(f"features with recovered entries written to {args.recovered}")
 
 
@@ -168,7 +181,7 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> N
         protocols = list(plan.protocols)
     else:
         protocols = [
-            MissingProtocol(kind="random", rate=rate) if rate > 0 else MissingProtocol()
+            MissingProtocol(kind="random", rate=rate) if rate != 0 else MissingProtocol()
             for rate in args.rates
         ]
     seeds = seeds or (list(plan.seeds) if plan else [base.train.seed])
@@ -205,6 +218,8 @@ def cmd_table(args: argparse.Namespace) -> None:
     from dicmor.reporting.plots import read_summary
     from dicmor.reporting.tables import metrics_table, paper_table
 
+    if args.out:
+        writable_file(args.out)
     summary = read_summary(args.sweep)
     if args.layout == "paper":
         table = paper_table(summary["rows"], summary["task"], args.format, args.metrics)
@@ -213,7 +228,7 @@ def cmd_table(args: argparse.Namespace) -> None:
             summary["rows"], summary["task"], ["protocol", "method", "n"], args.format, args.metrics
         )
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        write_text(args.out, table + "\n")
         print(f"table written to {args.out}")
     else:
         print(table)
@@ -413,14 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (
-        ConfigError,
-        DataError,
-        MaskFileError,
-        MissingProtocolError,
-        FileNotFoundError,
-    ) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (InputError, FileNotFoundError) as error:
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

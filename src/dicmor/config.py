@@ -8,6 +8,7 @@ types and out-of-range values are errors naming the file and the dotted key. Pre
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -204,12 +205,23 @@ class TrainConfig:
         for key, value in positive.items():
             if value < 1:
                 raise ConfigError(f"train.{key} must be >= 1, got {value}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        # Written as `not (... )` so that NaN, which fails every comparison, is refused too.
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"train.lr must be a positive finite number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ConfigError(
+                f"train.weight_decay must be >= 0 and finite, got {self.weight_decay}"
+            )
         if not 0 < self.lr_factor < 1:
             raise ConfigError(f"train.lr_factor must lie in (0, 1), got {self.lr_factor}")
-        if self.clip_value is not None and self.clip_value <= 0:
-            raise ConfigError(f"train.clip_value must be positive, got {self.clip_value}")
+        if self.lr_patience < 0:
+            raise ConfigError(f"train.lr_patience must be >= 0, got {self.lr_patience}")
+        if self.clip_value is not None and not 0 < self.clip_value < math.inf:
+            raise ConfigError(
+                f"train.clip_value must be a positive finite number, got {self.clip_value}"
+            )
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1, got {self.num_threads}")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"train.device must be cpu, cuda[:N] or auto, got {self.device}")
 
@@ -412,4 +424,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as error:
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(f"override {key.strip()}: value {raw!r} is {problem}") from None

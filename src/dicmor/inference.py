@@ -21,6 +21,8 @@ Every sample needs at least one present modality.
 from __future__ import annotations
 
 import csv
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,8 @@ import torch
 from dicmor.data.batches import Batches
 from dicmor.data.dataset import DataError, Split
 from dicmor.models.base import MultimodalModel
+from dicmor.models.extractors import TextEncoder
+from dicmor.outputs import write_atomic
 
 
 @dataclass
@@ -73,7 +77,27 @@ def predict(
         raise DataError(f"{source}: unknown modalities {unknown}; the model has {list(names)}")
     if not inputs:
         raise DataError(f"{source}: no modality given; the model has {list(names)}")
+    for m, value in inputs.items():
+        value = np.asarray(value)
+        if value.dtype.kind not in "biuf":
+            raise DataError(f"{source}: {m} must hold real numbers, got dtype {value.dtype}")
+        if value.ndim not in (2, 3):
+            raise DataError(f"{source}: {m} must be (N, T, D) or (N, D), got shape {value.shape}")
     n = len(next(iter(inputs.values())))
+    unknown_present = sorted(set(present or {}) - set(names))
+    if unknown_present:
+        raise DataError(
+            f"{source}: present/{unknown_present[0]}: no such modality; the model has {list(names)}"
+        )
+    if ids is not None and np.shape(ids) != (n,):
+        raise DataError(f"{source}: id must have shape ({n},), got {np.shape(ids)}")
+    encodes_text = any(isinstance(module, TextEncoder) for module in model.modules())
+    if text_bert is not None and not encodes_text:
+        raise DataError(f"{source}: text_bert given, but this model has no text encoder")
+    if text_bert is not None and np.shape(text_bert)[:1] != (n,):
+        raise DataError(f"{source}: text_bert must have {n} rows, got shape {np.shape(text_bert)}")
+    if encodes_text and text_bert is None:
+        raise DataError(f"{source}: this model encodes text from text_bert tokens; none given")
     arrays: dict[str, np.ndarray] = {}
     mask = np.zeros((n, len(names)), dtype=bool)
     for j, m in enumerate(names):
@@ -103,7 +127,7 @@ def predict(
     if empty:
         raise DataError(f"{source}: {empty} samples have no present modality")
     extras = {}
-    if text_bert is not None and "text" in names:
+    if text_bert is not None:
         extras["text_bert"] = np.asarray(text_bert)
     # The samples as a split, batched as the method batches; its placeholder labels never
     # reach a batch (with_labels=False).
@@ -162,11 +186,14 @@ def read_inputs(path: str | Path) -> dict:
             data = {key: archive[key] for key in archive.files}
     except FileNotFoundError as error:
         raise DataError(f"{where}: no such file") from error
-    except (ValueError, OSError, EOFError) as error:
-        raise DataError(f"{where}: not a readable npz file ({error})") from error
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{where}: not a readable npz file of inputs ({error})") from None
     present = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("present/")}
     reserved = {"id", "text_bert"}
     inputs = {k: v for k, v in data.items() if "/" not in k and k not in reserved}
+    stray = sorted(k for k in data if "/" in k and not k.startswith("present/"))
+    if stray:
+        raise DataError(f"{where}: unknown key {stray[0]!r} (keys: modalities, present/…, id)")
     return {
         "inputs": inputs,
         "present": present,
@@ -191,8 +218,12 @@ def write_predictions(
             for y, p in zip(result.labels, result.scores, strict=True)
         ]
     header += [f"has_{m}" for m in modality_names]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for i, row, used in zip(result.ids, values, result.available, strict=True):
-            writer.writerow([i, *row, *(int(v) for v in used)])
+
+    def write(partial: Path) -> None:
+        with open(partial, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for i, row, used in zip(result.ids, values, result.available, strict=True):
+                writer.writerow([i, *row, *(int(v) for v in used)])
+
+    write_atomic(path, write)

@@ -240,7 +240,8 @@ def test_from_string_errors(text: str, message: str) -> None:
         ({"kind": "random", "rate": 0.1, "keep": ("text",)}, "keep is only used by kind 'fixed'"),
         ({"kind": "none", "rate": 0.2}, "rate is not used by kind 'none'"),
         ({"kind": "sometimes"}, "kind must be one of"),
-        ({"kind": "legacy-batch", "rate": 0.3, "batch_size": 0}, "batch_size must be >= 1"),
+        ({"kind": "legacy-batch", "rate": 0.3, "batch_size": 0}, "batch_size must lie in"),
+        ({"kind": "legacy-batch", "rate": 0.3, "batch_size": 10**12}, "batch_size must lie in"),
         ({"kind": "random", "rate": "0.3"}, "rate must be a number"),
     ],
 )

@@ -73,7 +73,7 @@ def load_data(config: DataConfig) -> MultimodalDataset:
             options["views"] = config.modalities
         return load_dataset(config.source, **options)
     options = {}
-    if config.source.endswith(".pkl") and config.seq_len is not None:
+    if config.source.endswith((".pkl", ".npz")) and config.seq_len is not None:
         options["seq_len"] = config.seq_len
     dataset = load_dataset(config.source, **options)
     if config.modalities is not None:

@@ -14,11 +14,13 @@ from typing import Literal
 
 import numpy as np
 
+from dicmor.errors import InputError
+
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 Task = Literal["regression", "classification"]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset file or array is malformed; the message names the file, split, key and problem."""
 
 

@@ -12,16 +12,20 @@ key                               shape / dtype   meaning
 ``{split}/present/{modality}``    (N,) bool       optional; False marks a genuinely missing entry
 ``{split}/id``                    (N,) str        optional; default ``"{split}-{index}"``
 ``{split}/extras/{key}``          (N, ...)        optional per-sample arrays kept in ``extras``
-``num_classes``                   scalar int      optional; default: largest label + 1
+``num_classes``                   scalar int      optional; default: largest label + 1;
+                                                  at most the number of samples or 1000
 ``name``                          scalar str      optional; default: the file name
 ================================  ==============  ===============================================
 
 Rules: every split has the same modalities, each with the same ``(T, D)`` in every split, and at
-least two of them; the names ``label``, ``id``, ``present`` and ``extras`` are reserved. All
-splits hold labels of the same kind; class labels lie in ``[0, num_classes)``; float labels are
-finite. Every sample has at least one present modality. Features of absent entries are set to 0
-on load; non-finite features of present entries are replaced by 0 and counted in
-``dataset.notes``. Any other key is an error, so a misspelt key cannot be silently ignored.
+least two of them; ``T`` and ``D`` are at least 1; features are real (not complex) and, when finite,
+within float32's range. Methods that recover one modality from another need one ``T`` for all
+modalities: give ``seq_len`` (``--set data.seq_len=L``) to resample each to ``L`` steps. The names
+``label``, ``id``, ``present`` and ``extras`` are reserved. All splits hold labels of the same kind;
+class labels lie in ``[0, num_classes)``; float labels are finite. Every sample has at least one
+present modality. Features of absent entries are set to 0 on load; non-finite features of present
+entries are replaced by 0 and counted in ``dataset.notes``. Any other key is an error, so a misspelt
+key cannot be silently ignored.
 
 Example::
 
@@ -31,11 +35,13 @@ Example::
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from dicmor.data.dataset import SPLITS, DataError, MultimodalDataset, Split
+from dicmor.data.mmsa import resample_sequences
 
 _RESERVED = ("label", "id", "present", "extras")
 _TOP_LEVEL = ("num_classes", "name")
@@ -45,7 +51,10 @@ def _read_arrays(path: str | Path) -> dict[str, np.ndarray]:
     """Every array of the file, read eagerly so that a damaged member fails here."""
     where = str(path)
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{where}: holds one .npy array, not an npz archive of named arrays")
+        with archive:
             return {key: archive[key] for key in archive.files}
     except FileNotFoundError as error:
         raise DataError(f"{where}: no such file") from error
@@ -55,7 +64,7 @@ def _read_arrays(path: str | Path) -> dict[str, np.ndarray]:
                 f"{where}: holds pickled objects; store ids and names as str arrays"
             ) from error
         raise DataError(f"{where}: truncated or corrupt npz file ({error})") from error
-    except (OSError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{where}: truncated or corrupt npz file ({error})") from error
 
 
@@ -132,8 +141,20 @@ def _split(
             raise DataError(
                 f"{where}: {split}/{m} has {array.shape[0]} samples, but {split}/label has {n}"
             )
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-            raise DataError(f"{where}: {split}/{m} must be numeric, got {array.dtype}")
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{where}: {split}/{m} must be numeric and real, got {array.dtype}")
+        if 0 in array.shape[1:]:
+            raise DataError(
+                f"{where}: {split}/{m} has shape {array.shape}: its length and feature dimension "
+                "must be at least 1"
+            )
+        if array.dtype.kind == "f" and array.dtype.itemsize > 4:
+            finite = array[np.isfinite(array)]
+            if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+                raise DataError(
+                    f"{where}: {split}/{m} holds values up to {np.abs(finite).max():.3g}, beyond "
+                    "float32's range; rescale the features"
+                )
         x = array.astype(np.float32)
         if x.ndim == 2:
             x = x[:, None, :]  # (N, 1, D)
@@ -170,8 +191,34 @@ def _split(
     return Split(features, labels, ids, present, dict(group["extras"]))
 
 
+def _check_lengths(
+    splits: dict[str, Split], where: str, seq_len: int | None, notes: list[str]
+) -> None:
+    """Every modality has one ``(T, D)`` across splits; with ``seq_len``, each is resampled in
+    place to that length."""
+    shapes = {m: x.shape[1:] for m, x in splits["train"].modalities.items()}
+    for s, split in splits.items():
+        for m, x in split.modalities.items():
+            if x.shape[1:] != shapes[m]:
+                raise DataError(
+                    f"{where}: {s}/{m} has (T, D) = {x.shape[1:]}, but train/{m} has {shapes[m]}"
+                )
+    if seq_len is not None:
+        for split in splits.values():
+            for m, x in split.modalities.items():
+                lengths = np.full(len(x), x.shape[1], dtype=np.int64)
+                split.modalities[m] = resample_sequences(x, lengths, seq_len)
+        notes.append(f"all modalities resampled to T={seq_len} (linear interpolation)")
+
+
 def _num_classes(arrays: dict[str, np.ndarray], splits: dict[str, Split], where: str) -> int:
     largest = max(int(split.labels.max()) for split in splits.values())
+    bound = max(1000, sum(len(split.labels) for split in splits.values()))
+    if largest >= bound:
+        raise DataError(
+            f"{where}: a class label is {largest}, more classes than samples; class labels "
+            "must be 0, 1, …, num_classes - 1"
+        )
     if "num_classes" not in arrays:
         return largest + 1
     stored = arrays["num_classes"]
@@ -181,15 +228,20 @@ def _num_classes(arrays: dict[str, np.ndarray], splits: dict[str, Split], where:
         )
     if int(stored) <= largest:
         raise DataError(f"{where}: num_classes is {int(stored)}, but a label is {largest}")
+    if int(stored) > bound:
+        raise DataError(f"{where}: num_classes is {int(stored)}, more classes than samples")
     return int(stored)
 
 
-def load_npz(path: str | Path, *, name: str | None = None) -> MultimodalDataset:
+def load_npz(
+    path: str | Path, *, name: str | None = None, seq_len: int | None = None
+) -> MultimodalDataset:
     """Load a dataset stored in the format of the module docstring.
 
     Args:
         path: the ``.npz`` file.
         name: dataset name; defaults to the file's ``name`` key, else the file name without suffix.
+        seq_len: resample every modality (its full stored sequence, linearly) to this length.
 
     Returns:
         A :class:`MultimodalDataset`; modalities are float32 ``(N, T, D)`` in the order of the
@@ -203,7 +255,10 @@ def load_npz(path: str | Path, *, name: str | None = None) -> MultimodalDataset:
             raise DataError(f"{where}: missing split '{s}' (no '{s}/...' keys)")
     modalities = list(groups["train"]["features"])
     notes: list[str] = []
+    if seq_len is not None and seq_len < 1:
+        raise DataError(f"{where}: seq_len must be a positive integer, got {seq_len}")
     splits = {s: _split(groups[s], where, s, modalities, notes) for s in SPLITS}
+    _check_lengths(splits, where, seq_len, notes)
     kinds = {s: split.labels.dtype == np.int64 for s, split in splits.items()}
     if len(set(kinds.values())) > 1:
         kind = {s: "integer" if k else "float" for s, k in kinds.items()}

@@ -36,6 +36,7 @@ from dicmor.data.dataset import SPLITS, DataError, MultimodalDataset
 from dicmor.evaluation.evaluate import evaluate
 from dicmor.missing.protocols import make_masks, save_masks
 from dicmor.models.base import DataInfo, MultimodalModel
+from dicmor.outputs import writable_folder
 from dicmor.provenance import code_version, fingerprint, settings_digest
 from dicmor.registry import build_model
 from dicmor.reporting.gaps import recovered_entries, save_recovered
@@ -143,7 +144,7 @@ def _run_folder(
     Unnamed: an unfinished run of the same identity in ``output_dir`` if there is one not held
     by another process, else a new folder named after time, data, method, protocol and seed.
     """
-    out = Path(config.output_dir)
+    out = writable_folder(config.output_dir, create=False)
     if name is not None:
         base = out / _checked_name(name)
         record = _read_run_file(base)
@@ -200,17 +201,33 @@ def _run_folder(
 
 
 def _checked_masks(
-    masks: dict[str, np.ndarray], presents: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray],
+    presents: dict[str, np.ndarray],
+    names: tuple[str, ...],
+    mask_names: tuple[str, ...] | None,
 ) -> dict[str, np.ndarray]:
-    """Given masks, one per split of the data's shape, limited to what the data has."""
+    """Given masks, one per split of the data's shape and for the data's modalities, limited to
+    what the data has; every sample keeps at least one modality."""
+    if mask_names is not None and tuple(mask_names) != tuple(names):
+        raise DataError(
+            f"masks: they are for modalities {list(mask_names)}, but the data has {list(names)}"
+        )
     for split_name, present in presents.items():
         given = masks.get(split_name)
-        if given is None or given.shape != present.shape:
+        if given is None or given.shape != present.shape or given.dtype != bool:
             raise DataError(
                 f"masks: split '{split_name}' needs a bool mask of shape {present.shape}, "
                 f"got {None if given is None else given.shape}"
             )
-    return {s: masks[s] & presents[s] for s in presents}
+    checked = {s: masks[s] & presents[s] for s in presents}
+    for split_name, mask in checked.items():
+        empty = int((~mask.any(axis=1)).sum())
+        if empty:
+            raise DataError(
+                f"masks: split '{split_name}' leaves {empty} of {len(mask)} samples with no "
+                "available modality"
+            )
+    return checked
 
 
 def run_experiment(
@@ -219,13 +236,15 @@ def run_experiment(
     name: str | None = None,
     dataset: MultimodalDataset | None = None,
     masks: dict[str, np.ndarray] | None = None,
+    mask_names: tuple[str, ...] | None = None,
     log: Callable[[str], None] = print,
     restart: bool = False,
 ) -> RunResult:
     """Train ``config.model.method`` through its stages, then score the test split once.
 
     ``masks`` ({split: (N, M) bool}, e.g. another run's ``masks.npz``) replaces the masks the
-    protocol would generate, so that several methods train and test on the same missing entries.
+    protocol would generate, so that several methods train and test on the same missing entries;
+    ``mask_names``, the modalities they were saved for, must then be the data's.
     An unfinished run of the same settings, data, masks and code version (``name``'s, or any in
     the output folder when unnamed) is resumed where it stopped; ``restart`` starts it over.
     A run that fails before its first epoch leaves no folder; one that fails later is marked
@@ -245,7 +264,7 @@ def run_experiment(
     if masks is None:
         masks = make_masks(config.missing, presents, names, config.train.seed)
     else:
-        masks = _checked_masks(masks, presents)
+        masks = _checked_masks(masks, presents, names, mask_names)
     identity = _identity(config, dataset, masks)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     folder, earlier = _run_folder(config, dataset, name, identity, key, restart)

@@ -26,6 +26,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
+from dicmor.errors import InputError
+
 ProtocolKind = Literal["none", "random", "fixed", "legacy-batch"]
 PROTOCOL_KINDS: tuple[str, ...] = get_args(ProtocolKind)
 
@@ -43,11 +45,16 @@ _UNREADABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 _METADATA_KEYS: tuple[str, ...] = ("modality_names", "protocol", "seed")
 
 
-class MissingProtocolError(ValueError):
+# The largest batch a legacy-batch schedule may be laid out over: the schedule allocates one
+# row per sample of a batch, and no loader batch is larger.
+MAX_BATCH_SIZE = 2**20
+
+
+class MissingProtocolError(InputError):
     """A missing protocol or its inputs are invalid; the message says which field and why."""
 
 
-class MaskFileError(ValueError):
+class MaskFileError(InputError):
     """Masks cannot be saved as given, or a mask file is malformed; names the file and key."""
 
 
@@ -90,9 +97,10 @@ class MissingProtocol:
             raise MissingProtocolError(
                 f"missing protocol batch_size must be an integer, got {self.batch_size!r}"
             )
-        if self.batch_size < 1:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
             raise MissingProtocolError(
-                f"missing protocol batch_size must be >= 1, got {self.batch_size}"
+                f"missing protocol batch_size must lie in [1, {MAX_BATCH_SIZE}], got "
+                f"{self.batch_size}"
             )
         if not 0.0 <= self.rate < 1.0:
             raise MissingProtocolError(f"missing protocol rate must lie in [0, 1), got {self.rate}")

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import torch
 
-from dicmor.models.base import Stage
+from dicmor.config import ConfigError, ModelConfig
+from dicmor.models.base import DataInfo, Stage
 from dicmor.models.two_stage import TwoStage
 
 
@@ -48,6 +49,17 @@ class Recovering(TwoStage):
     missing modalities at that rate (``batch["simulated"]``): the recovery learns from them
     while the fusion sees complete data, so stage 2 does not start the recovery at random.
     """
+
+    def __init__(self, info: DataInfo, config: ModelConfig) -> None:
+        super().__init__(info, config)
+        # One modality's features are recovered from the others' (and, in DiCMoR, decoded by
+        # another modality's flow), so all of them need one length.
+        if len(set(info.seq_lens.values())) > 1:
+            listed = ", ".join(f"{m} {t}" for m, t in info.seq_lens.items())
+            raise ConfigError(
+                f"method '{config.method}' needs modalities of one sequence length, got "
+                f"{listed}; give --set data.seq_len=L to resample them"
+            )
 
     def stages(self) -> list[Stage]:
         """As `TwoStage`, the complete-data stage simulating missingness if configured."""

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 
 from dicmor.config import ConfigError
 from dicmor.evaluation.metrics import PERCENT_METRICS, PRIMARY_METRIC, metric_labels
+from dicmor.outputs import writable_file, write_atomic
 
 
 def read_summary(path: str | Path) -> dict:
@@ -22,7 +23,31 @@ def read_summary(path: str | Path) -> dict:
         path = path / "summary.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no sweep summary here (run `dicmor sweep` first)")
-    return json.loads(path.read_text())
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not a readable sweep summary ({error})") from None
+    rows = summary.get("rows") if isinstance(summary, dict) else None
+    if summary.get("task") not in ("classification", "regression") or not isinstance(rows, list):
+        raise ConfigError(f"{path}: not a sweep summary (needs 'task' and a list of 'rows')")
+    if not rows:
+        raise ConfigError(f"{path}: the sweep summary has no rows yet")
+    for k, row in enumerate(rows):
+        if not isinstance(row, dict) or not {"method", "protocol", "metrics"} <= set(row):
+            raise ConfigError(f"{path}: rows[{k}] lacks 'method', 'protocol' or 'metrics'")
+    return summary
+
+
+def image_path(out: str | Path) -> Path:
+    """``out`` as a figure file matplotlib can write (by its extension), in a usable folder."""
+    out = writable_file(out)
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    extension = out.suffix.lower().lstrip(".")
+    if extension not in formats:
+        known = ", ".join(f".{name}" for name in sorted(formats))
+        raise ConfigError(f"{out}: unknown figure format '{out.suffix}' (use one of {known})")
+    return out
 
 
 def plot_summary(summary: dict, out: str | Path, metric: str | None = None) -> Path:
@@ -31,6 +56,7 @@ def plot_summary(summary: dict, out: str | Path, metric: str | None = None) -> P
     Random and legacy-batch protocols are drawn as lines over the missing rate; other protocols
     (fixed subsets) as grouped bars. Error bars are the standard deviation over seeds.
     """
+    out = image_path(out)
     rows = summary["rows"]
     metric = metric or PRIMARY_METRIC[summary["task"]]
     if metric not in rows[0]["metrics"]:
@@ -71,7 +97,8 @@ def plot_summary(summary: dict, out: str | Path, metric: str | None = None) -> P
     ax.set_ylabel(metric_labels[metric] + (" (%)" if scale == 100.0 else ""))
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(out)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
+    try:
+        write_atomic(out, lambda partial: fig.savefig(partial, dpi=150, format=out.suffix[1:]))
+    finally:
+        plt.close(fig)
     return out

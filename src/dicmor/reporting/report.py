@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dicmor.config import ConfigError
+from dicmor.outputs import writable_file, write_text
 from dicmor.reporting.gaps import gaps_of, load_recovered
 from dicmor.reporting.plots import plot_summary, read_summary
 from dicmor.reporting.tables import format_value, metric_keys
@@ -112,8 +113,13 @@ def write_report(sweep: str | Path, out: str | Path) -> Path:
     listing = sweep / "sweep.json"
     if not listing.is_file():
         raise ConfigError(f"{sweep}: no sweep.json here (run `dicmor sweep` first)")
-    runs = json.loads(listing.read_text())
-    out = Path(out)
+    try:
+        runs = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{listing}: not a readable sweep listing ({error})") from None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ConfigError(f"{listing}: not a sweep listing (needs a list of runs)")
+    out = writable_file(out)
     task, rows = summary["task"], summary["rows"]
     parts = ["<h1>dicmor sweep report</h1>", f"<p>Sweep folder: {html.escape(str(sweep))}</p>"]
 
@@ -204,7 +210,4 @@ def write_report(sweep: str | Path, out: str | Path) -> Path:
         + "\n".join(parts)
         + "\n</body>\n</html>\n"
     )
-    partial = out.with_name(f".{out.name}.tmp")
-    partial.write_text(document, encoding="utf-8")
-    partial.replace(out)
-    return out
+    return write_text(out, document)

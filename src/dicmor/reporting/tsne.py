@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from dicmor.config import ConfigError
+from dicmor.outputs import writable_file, write_atomic
 from dicmor.reporting.gaps import load_recovered
 
 Panel = tuple[str, dict[str, dict[str, np.ndarray]]]
@@ -83,7 +84,7 @@ def plot_tsne(
     modality = modality or (shared[0] if shared else None)
     if modality is None or modality not in shared:
         raise ConfigError(f"t-SNE: modality {modality!r} is not recovered in every panel")
-    out = Path(out)
+    out = writable_file(out)
     if out.suffix.lower() not in (".png", ".pdf"):
         raise ConfigError(f"{out}: a t-SNE figure is written as .png or .pdf")
     plt.rcParams.update({"font.size": 8})
@@ -112,8 +113,11 @@ def plot_tsne(
     fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
     twin = out.with_suffix(".pdf" if out.suffix.lower() == ".png" else ".png")
     written = []
-    for path in (out, twin):
-        fig.savefig(path, dpi=200)
-        written.append(path)
-    plt.close(fig)
+    try:
+        for path in (out, twin):
+            fmt = path.suffix[1:].lower()
+            write_atomic(path, lambda partial, fmt=fmt: fig.savefig(partial, dpi=200, format=fmt))
+            written.append(path)
+    finally:
+        plt.close(fig)
     return written

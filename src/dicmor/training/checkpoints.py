@@ -9,6 +9,7 @@ depends on (settings, data contents, code version) and reused by later runs.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 
 from dicmor.config import Config, from_dict, to_dict
 from dicmor.data.dataset import MultimodalDataset
+from dicmor.errors import CheckpointError, ConfigError
 from dicmor.models.base import DataInfo, MultimodalModel
 from dicmor.provenance import code_version, fingerprint, settings_digest
 from dicmor.registry import build_model
@@ -76,11 +78,31 @@ def load_checkpoint(
         path = path / "checkpoint.pt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no checkpoint here")
-    payload = torch.load(path, map_location=device, weights_only=True)
-    config = from_dict(Config, payload["config"])
-    info_fields = dict(payload["info"])
-    info_fields["modality_names"] = tuple(info_fields["modality_names"])
-    info = DataInfo(**info_fields)
-    model = build_model(info, config.model)
-    model.load_state_dict(payload["state_dict"])
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a truncated file, another format, a refused pickle
+        reason = "refused: it holds more than weights" if _refused(error) else "unreadable"
+        raise CheckpointError(f"{path}: not a dicmor checkpoint ({reason})") from None
+    missing = [
+        k
+        for k in ("config", "info", "state_dict")
+        if not isinstance(payload, dict) or k not in payload
+    ]
+    if missing:
+        raise CheckpointError(f"{path}: not a dicmor checkpoint (no {missing[0]!r})")
+    try:
+        config = from_dict(Config, payload["config"])
+        info_fields = dict(payload["info"])
+        info_fields["modality_names"] = tuple(info_fields["modality_names"])
+        info = DataInfo(**info_fields)
+        model = build_model(info, config.model)
+        model.load_state_dict(payload["state_dict"])
+    except (ConfigError, TypeError, KeyError, ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: checkpoint does not rebuild its model ({first})") from None
     return model.to(device).eval(), config
+
+
+def _refused(error: Exception) -> bool:
+    """Whether ``torch.load`` refused the file's pickle (rather than failing to read it)."""
+    return isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error)
