@@ -185,7 +185,15 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> N
             for rate in args.rates
         ]
     seeds = seeds or (list(plan.seeds) if plan else [base.train.seed])
-    _, _, table = run_sweep(base, methods, protocols, seeds, resume=resume, dataset=dataset)
+    _, _, table = run_sweep(
+        base,
+        methods,
+        protocols,
+        seeds,
+        resume=resume,
+        dataset=dataset,
+        workers=getattr(args, "workers", 1),
+    )
     print()
     print(table)
 
@@ -357,6 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="train every run again, even those an earlier sweep in the output folder "
                 "finished with the same settings, and start unfinished ones over (default: "
                 "reuse finished runs, resume unfinished ones)",
+            )
+            sub.add_argument(
+                "--workers",
+                type=int,
+                default=1,
+                help="runs trained at once, each in its own process with its share of the CPU "
+                "threads (default 1)",
             )
             sub.add_argument(
                 "--seeds",

@@ -158,9 +158,11 @@ def test_a_sweep_reports_elapsed_time_and_an_estimate_of_what_is_left(tmp_path: 
         [1, 2, 3],
         log=messages.append,
     )
-    starts = [m for m in messages if m.startswith("== run")]
-    assert starts[0].endswith("(elapsed 0:00)")
+    starts = [m for m in messages if m.startswith("== run") and "elapsed" in m]
+    assert len(starts) == 3 and starts[0].endswith("(elapsed 0:00)")
     assert all(re.search(r"\(elapsed \d+:\d\d, ETA \d+:\d\d\)$", m) for m in starts[1:]), starts
+    done = [m for m in messages if m.startswith("== run") and " done, " in m]
+    assert [m.split(" done, ")[1].split(" trained")[0] for m in done] == ["1/3", "2/3", "3/3"]
 
 
 def test_two_sweeps_writing_one_folder_keep_every_run(tmp_path: Path) -> None:
@@ -186,3 +188,33 @@ def test_two_sweeps_writing_one_folder_keep_every_run(tmp_path: Path) -> None:
     assert all((Path(r["run_dir"]) / "metrics.json").is_file() for r in runs)
     rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
     assert sorted((row["method"], row["n"]) for row in rows) == [("mean_fill", 3), ("zero_fill", 3)]
+
+
+def test_parallel_workers_give_the_serial_sweep_and_train_each_cache_entry_once(
+    tmp_path: Path,
+) -> None:
+    options = {
+        "train.max_epochs": 1,
+        "train.num_threads": 1,
+        "model.kernel_size": 1,
+        "data.modalities": ["fourier", "morphological"],
+    }
+    protocols = [MissingProtocol(kind="random", rate=0.3), MissingProtocol(kind="random", rate=0.5)]
+    methods = ["zero_fill_pretrained", "cross_regression"]
+    summaries, listings = [], []
+    for folder, workers in (("serial", 1), ("parallel", 2)):
+        base = small_config("zero_fill", output_dir=str(tmp_path / folder), **options)
+        runs, _, _ = run_sweep(base, methods, protocols, [5], log=lambda _: None, workers=workers)
+        listings.append(runs)
+        summaries.append(json.loads((tmp_path / folder / "summary.json").read_text()))
+    assert [r["metrics"] for r in listings[1]] == [r["metrics"] for r in listings[0]]
+    assert summaries[1] == summaries[0]
+    # The two runs of one method and seed share one stage-1 cache entry: one of the parallel
+    # workers trains it, the other waits and reads it.
+    for method in methods:
+        trained = [
+            "complete" in json.loads((Path(r["run_dir"]) / "history.json").read_text())
+            for r in listings[1]
+            if r["method"] == method
+        ]
+        assert sorted(trained) == [False, True], (method, trained)

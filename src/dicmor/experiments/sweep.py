@@ -17,12 +17,15 @@ lock, one entry per (protocol, method, seed), the latest run's.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from filelock import FileLock
 
 from dicmor.config import Config, ConfigError
@@ -69,6 +72,16 @@ def _record(out: Path, run: dict, task: str) -> list[dict]:
     return runs
 
 
+def _record_in_order(out: Path, runs: list[dict], task: str) -> None:
+    """Rewrite ``sweep.json`` and ``summary.json`` with ``runs`` in the sweep's order, after the
+    other entries, so that a parallel sweep writes the files of the serial one."""
+    with FileLock(out / ".sweep.lock"):
+        slots = {_slot(run) for run in runs}
+        every = [other for other in _read_runs(out) if _slot(other) not in slots] + runs
+        _write_json(out / "sweep.json", every)
+        _write_json(out / "summary.json", _summary(every, task))
+
+
 def run_sweep(
     base: Config,
     methods: Sequence[str],
@@ -78,6 +91,7 @@ def run_sweep(
     log: Callable[[str], None] = print,
     resume: bool = True,
     dataset: MultimodalDataset | None = None,
+    workers: int = 1,
 ) -> tuple[list[dict], list[dict], str]:
     """Train every (protocol, seed, method); return the runs, the aggregates and the table.
 
@@ -85,7 +99,16 @@ def run_sweep(
     identical settings are reused and unfinished ones resumed; without, every run is trained
     from the start. ``dataset`` saves loading ``base.data`` again. The table is of this sweep's
     runs; ``summary.json`` aggregates every run ``sweep.json`` lists.
+
+    ``workers`` > 1 trains that many runs at once in separate processes on this machine. That
+    gives the runs of the serial sweep: each run depends only on its config, data and masks, and
+    a stage-1 cache entry is trained by one process while the others that need it wait for it
+    (see :func:`~dicmor.training.stages.train_stages`). Bit-identical results need the same
+    thread count as the serial sweep (``train.num_threads``); by default each worker takes its
+    share of the CPU cores.
     """
+    if workers < 1:
+        raise ConfigError(f"sweep: --workers must be >= 1, got {workers}")
     if dataset is None:
         dataset = load_data(base.data)
         for note in dataset.notes:
@@ -99,46 +122,130 @@ def run_sweep(
     finished = _finished_runs(out) if resume else {}
     data_digest = fingerprint(dataset, SPLITS)
     keys = [settings_digest(config, data_digest=data_digest) for config in plan]
-    runs: list[dict] = []
-    started, trained, training_seconds = time.perf_counter(), 0, 0.0
-    for k, (config, key) in enumerate(zip(plan, keys, strict=True), start=1):
-        method, protocol, seed = config.model.method, config.missing, config.train.seed
-        where = f"run {k}/{len(plan)}: {method}, {protocol}, seed {seed}"
+    labels = [
+        f"run {k}/{len(plan)}: {c.model.method}, {c.missing}, seed {c.train.seed}"
+        for k, c in enumerate(plan, start=1)
+    ]
+    todo = []
+    for k, key in enumerate(keys):
         if key in finished:
-            run = finished[key]
-            log(f"== {where}: finished in {run['run_dir']}")
-            runs.append(run)
-            _record(out, run, dataset.task)
-            continue
-        elapsed = time.perf_counter() - started
-        eta = ""
-        if trained:
-            left = sum(1 for other in keys[k - 1 :] if other not in finished)
-            eta = f", ETA {_duration(training_seconds / trained * left)}"
-        log(f"== {where} (elapsed {_duration(elapsed)}{eta})")
-        run_started = time.perf_counter()
-        result = run_experiment(
-            replace(config, output_dir=str(out)), dataset=dataset, log=log, restart=not resume
-        )
-        training_seconds += time.perf_counter() - run_started
-        trained += 1
-        run = {
-            "protocol": str(protocol),
-            "kind": protocol.kind,
-            "rate": protocol.rate,
-            "method": method,
-            "seed": seed,
-            "run_dir": str(result.run_dir.resolve()),
-            "key": key,
-            "metrics": result.metrics,
-        }
-        runs.append(run)
+            log(f"== {labels[k]}: finished in {finished[key]['run_dir']}")
+            _record(out, finished[key], dataset.task)
+        else:
+            todo.append(k)
+    progress = _Progress(log, len(todo))
+    done: dict[int, dict] = {}
+
+    def finish(k: int, result: dict) -> None:
+        run = {**result, "key": keys[k]}
+        done[k] = run
         # Recorded after every run, so that an interrupted sweep can resume and `table` / `plot`
         # work mid-sweep.
         _record(out, run, dataset.task)
+        progress.finished(labels[k])
+
+    jobs = [(k, replace(plan[k], output_dir=str(out))) for k in todo]
+    if workers > 1 and len(jobs) > 1:
+        _run_in_processes(jobs, dataset, resume, labels, finish, progress, workers)
+    else:
+        for k, config in jobs:
+            progress.starting(labels[k])
+            finish(k, train_one(config, dataset, resume, log))
+    runs = [done.get(k) or finished[keys[k]] for k in range(len(plan))]
+    if len(done) > 1:
+        _record_in_order(out, runs, dataset.task)  # parallel runs finish in any order
     rows = aggregate(runs, ["protocol", "kind", "rate", "method"])
     table = metrics_table(rows, dataset.task, ["protocol", "method", "n"])
     return runs, rows, table
+
+
+def train_one(
+    config: Config, dataset: MultimodalDataset, resume: bool, log: Callable[[str], None]
+) -> dict:
+    """Train (or resume) one run of a sweep; its ``sweep.json`` entry, less the key."""
+    result = run_experiment(config, dataset=dataset, log=log, restart=not resume)
+    protocol = config.missing
+    return {
+        "protocol": str(protocol),
+        "kind": protocol.kind,
+        "rate": protocol.rate,
+        "method": config.model.method,
+        "seed": config.train.seed,
+        "run_dir": str(result.run_dir.resolve()),
+        "metrics": result.metrics,
+    }
+
+
+class _Progress:
+    """``== run k/N`` lines with the time elapsed and an estimate of what is left."""
+
+    def __init__(self, log: Callable[[str], None], total: int) -> None:
+        self.log, self.total, self.count = log, total, 0
+        self.started = time.perf_counter()
+
+    def _eta(self) -> str:
+        if not self.count:
+            return ""
+        elapsed = time.perf_counter() - self.started
+        return f", ETA {_duration(elapsed / self.count * (self.total - self.count))}"
+
+    def starting(self, label: str) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.log(f"== {label} (elapsed {_duration(elapsed)}{self._eta()})")
+
+    def finished(self, label: str) -> None:
+        self.count += 1
+        self.log(f"== {label} done, {self.count}/{self.total} trained{self._eta()}")
+
+
+# What one worker process holds: the dataset, loaded once, and how it logs.
+_WORKER: dict = {}
+
+
+def _worker_start(dataset: MultimodalDataset, threads: int, counter, gpus: int) -> None:
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(index % gpus)
+    torch.set_num_threads(threads)
+    _WORKER["dataset"] = dataset
+
+
+def _worker_run(config: Config, resume: bool, label: str) -> dict:
+    def log(message: str) -> None:
+        print(f"[{label.split(':')[0]}] {message}", flush=True)
+
+    return train_one(config, _WORKER["dataset"], resume, log)
+
+
+def _run_in_processes(
+    jobs: list[tuple[int, Config]],
+    dataset: MultimodalDataset,
+    resume: bool,
+    labels: list[str],
+    finish: Callable[[int, dict], None],
+    progress: _Progress,
+    workers: int,
+) -> None:
+    """Run ``jobs`` in ``workers`` spawned processes, each with its share of the CPU threads
+    (``train.num_threads`` when set) and, on CUDA, its own GPU in turn."""
+    context = multiprocessing.get_context("spawn")
+    threads = jobs[0][1].train.num_threads or max(1, (os.cpu_count() or 1) // workers)
+    gpus = torch.cuda.device_count() if jobs[0][1].train.device != "cpu" else 0
+    counter = context.Value("i", 0)
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)),
+        mp_context=context,
+        initializer=_worker_start,
+        initargs=(dataset, threads, counter, gpus),
+    ) as pool:
+        futures = {}
+        for k, config in jobs:
+            progress.starting(labels[k])
+            futures[pool.submit(_worker_run, config, resume, labels[k])] = k
+        for future in as_completed(futures):
+            finish(futures[future], future.result())
 
 
 def _duration(seconds: float) -> str:

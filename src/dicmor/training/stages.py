@@ -7,13 +7,16 @@ and a call of the one training loop, and reuses a complete-data stage's cached w
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from dicmor.config import Config, ConfigError, TrainConfig
 from dicmor.data.batches import Batches, Batching
@@ -142,6 +145,14 @@ def fit_stage(
     )
 
 
+def _cache_lock(cache: Path | None) -> contextlib.AbstractContextManager:
+    """A lock held while a cache entry is looked up, trained and written (none without one)."""
+    if cache is None:
+        return contextlib.nullcontext()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{cache}.lock")
+
+
 def train_stages(
     model: MultimodalModel,
     dataset: MultimodalDataset,
@@ -188,40 +199,43 @@ def train_stages(
         resume = saved["fit"] if saved is not None and index == first else None
         stage_masks = presents if stage.complete_data else masks
         cache = stage_cache_path(config, dataset, stage.name) if stage.complete_data else None
-        if resume is None and cache is not None and cache.exists():
-            problem = load_cached(model, cache, device)
-            if problem is None:
-                log(f"{stage.name}: reusing cached weights {cache}")
-                if save is not None:
-                    save(state(index + 1, model.state_dict(), None))
-                continue
-            log(f"{stage.name}: not reusing {cache} ({problem}); training the stage again")
-        if resume is not None:
-            log(f"{stage.name}: resuming after epoch {resume['epoch']}")
-        on_epoch = None
-        if save is not None:
+        # One process trains a cache entry; another that needs it meanwhile (a parallel sweep)
+        # waits for it and reads the weights.
+        with _cache_lock(cache):
+            if resume is None and cache is not None and cache.exists():
+                problem = load_cached(model, cache, device)
+                if problem is None:
+                    log(f"{stage.name}: reusing cached weights {cache}")
+                    if save is not None:
+                        save(state(index + 1, model.state_dict(), None))
+                    continue
+                log(f"{stage.name}: not reusing {cache} ({problem}); training the stage again")
+            if resume is not None:
+                log(f"{stage.name}: resuming after epoch {resume['epoch']}")
+            on_epoch = None
+            if save is not None:
 
-            def on_epoch(fit_state: dict[str, Any], index: int = index) -> None:
-                save(state(index, fit_state["model"], fit_state))
+                def on_epoch(fit_state: dict[str, Any], index: int = index) -> None:
+                    save(state(index, fit_state["model"], fit_state))
 
-        result = fit_stage(
-            model,
-            stage,
-            dataset,
-            stage_masks,
-            config,
-            device,
-            resume=resume,
-            on_epoch=on_epoch,
-            log=log,
-        )
-        results[stage.name] = result
-        log(
-            f"{stage.name}: best epoch {result.best_epoch}/{result.epochs_run}, "
-            f"valid loss {result.best_valid_loss:.4f}"
-        )
-        if cache is not None:
-            save_cached(model, cache)
-        if save is not None:
-            save(state(index + 1, model.state_dict(), None))
+            result = fit_stage(
+                model,
+                stage,
+                dataset,
+                stage_masks,
+                config,
+                device,
+                resume=resume,
+                on_epoch=on_epoch,
+                log=log,
+            )
+            results[stage.name] = result
+            log(
+                f"{stage.name}: best epoch {result.best_epoch}/{result.epochs_run}, "
+                f"valid loss {result.best_valid_loss:.4f}"
+            )
+            if cache is not None:
+                save_cached(model, cache)
+            if save is not None:
+                save(state(index + 1, model.state_dict(), None))
     return results
