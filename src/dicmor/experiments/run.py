@@ -36,7 +36,7 @@ from dicmor.data.dataset import SPLITS, DataError, MultimodalDataset
 from dicmor.evaluation.evaluate import evaluate
 from dicmor.missing.protocols import make_masks, save_masks
 from dicmor.models.base import DataInfo, MultimodalModel
-from dicmor.outputs import writable_folder
+from dicmor.outputs import writable_folder, write_text
 from dicmor.provenance import code_version, fingerprint, settings_digest
 from dicmor.registry import build_model
 from dicmor.reporting.gaps import recovered_entries, save_recovered
@@ -58,13 +58,6 @@ class RunResult:
 
 
 RUN_FILE = "run.json"
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write whole or not at all: a temporary file renamed over ``path``."""
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text)
-    partial.replace(path)
 
 
 def _identity(config: Config, dataset: MultimodalDataset, masks: dict[str, np.ndarray]) -> dict:
@@ -276,7 +269,7 @@ def run_experiment(
             if problem is not None:
                 log(problem)
         record = {"status": "training", "key": key, **identity}
-        _write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
+        write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
         (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         save_masks(run_dir / "masks.npz", masks, names, config.missing, config.train.seed)
         if saved is not None:
@@ -284,14 +277,14 @@ def run_experiment(
         metrics = _train_and_test(config, dataset, masks, device, run_dir, key, saved, log, started)
         record["status"] = "finished"
         (run_dir / STATE_FILE).unlink(missing_ok=True)
-        _write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
+        write_text(run_dir / RUN_FILE, json.dumps(record, indent=1))
     except BaseException as error:
         if not (run_dir / STATE_FILE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         else:
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             failed = {"status": "failed", "key": key, **identity, "error": reason}
-            _write_text(run_dir / RUN_FILE, json.dumps(failed, indent=1))
+            write_text(run_dir / RUN_FILE, json.dumps(failed, indent=1))
         raise
     finally:
         folder.release()
@@ -333,7 +326,7 @@ def _train_and_test(
         device=device,
     )
     history = {k: {"best_epoch": v.best_epoch, "epochs": v.history} for k, v in stages.items()}
-    _write_text(run_dir / "history.json", json.dumps(history, indent=1))
+    write_text(run_dir / "history.json", json.dumps(history, indent=1))
     np.save(run_dir / "test_predictions.npy", predictions)
     if config.train.save_recovered and hasattr(model, "target_features"):
         entries = recovered_entries(
@@ -350,5 +343,5 @@ def _train_and_test(
         "version": code_version(),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    _write_text(run_dir / "metrics.json", json.dumps(summary, indent=1))
+    write_text(run_dir / "metrics.json", json.dumps(summary, indent=1))
     return metrics, stages, model, masks

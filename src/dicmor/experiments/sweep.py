@@ -33,6 +33,7 @@ from dicmor.data import load_data
 from dicmor.data.dataset import SPLITS, MultimodalDataset
 from dicmor.experiments.run import run_experiment
 from dicmor.missing.protocols import MissingProtocol, make_masks
+from dicmor.outputs import write_text
 from dicmor.provenance import fingerprint, settings_digest
 from dicmor.registry import get_model_class
 from dicmor.reporting.tables import aggregate, metrics_table
@@ -259,10 +260,7 @@ def _summary(runs: list[dict], task: str) -> dict:
 
 
 def _write_json(path: Path, value: object) -> None:
-    """Write whole or not at all: a temporary file renamed over ``path``."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    partial.write_text(json.dumps(value, indent=1))
-    partial.replace(path)
+    write_text(path, json.dumps(value, indent=1))
 
 
 def _validated_plan(
