@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is needed or assumed
 
 import matplotlib.pyplot as plt
+from matplotlib.backend_bases import FigureCanvasBase
 
 from dicmor.config import ConfigError
 from dicmor.evaluation.metrics import PERCENT_METRICS, PRIMARY_METRIC, metric_labels
@@ -41,8 +42,7 @@ def read_summary(path: str | Path) -> dict:
 def image_path(out: str | Path) -> Path:
     """``out`` as a figure file matplotlib can write (by its extension), in a usable folder."""
     out = writable_file(out)
-    formats = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    formats = FigureCanvasBase.get_supported_filetypes()
     extension = out.suffix.lower().lstrip(".")
     if extension not in formats:
         known = ", ".join(f".{name}" for name in sorted(formats))
