@@ -192,7 +192,11 @@ def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> N
         seeds,
         resume=resume,
         dataset=dataset,
-        workers=getattr(args, "workers", 1),
+        workers=getattr(args, "workers", None),
+        executor=getattr(args, "executor", "process"),
+        address=getattr(args, "address", None),
+        cpus_per_run=getattr(args, "cpus_per_run", None),
+        gpus_per_run=getattr(args, "gpus_per_run", None),
     )
     print()
     print(table)
@@ -369,9 +373,33 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--workers",
                 type=int,
-                default=1,
                 help="runs trained at once, each in its own process with its share of the CPU "
-                "threads (default 1)",
+                "threads (default 1; with --executor ray: a local Ray instance of this many "
+                "runs' CPUs, or on a cluster the most runs in flight)",
+            )
+            sub.add_argument(
+                "--executor",
+                choices=["process", "ray"],
+                default="process",
+                help="where runs train: processes on this machine (default) or Ray tasks on a "
+                'local Ray instance or a cluster (pip install "dicmor[ray]")',
+            )
+            sub.add_argument(
+                "--address",
+                help="with --executor ray: the Ray cluster to run on (auto, HOST:6379 or "
+                "ray://HOST:10001; default $RAY_ADDRESS, else a new local instance)",
+            )
+            sub.add_argument(
+                "--cpus-per-run",
+                type=float,
+                help="with --executor ray: CPUs each run asks for and uses as threads (default "
+                "train.num_threads, else 1)",
+            )
+            sub.add_argument(
+                "--gpus-per-run",
+                type=float,
+                help="with --executor ray: GPUs each run asks for, fractions allowed (default 1 "
+                "when train.device is cuda, else 0)",
             )
             sub.add_argument(
                 "--seeds",

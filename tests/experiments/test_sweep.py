@@ -190,31 +190,88 @@ def test_two_sweeps_writing_one_folder_keep_every_run(tmp_path: Path) -> None:
     assert sorted((row["method"], row["n"]) for row in rows) == [("mean_fill", 3), ("zero_fill", 3)]
 
 
-def test_parallel_workers_give_the_serial_sweep_and_train_each_cache_entry_once(
-    tmp_path: Path,
-) -> None:
-    options = {
-        "train.max_epochs": 1,
-        "train.num_threads": 1,
-        "model.kernel_size": 1,
-        "data.modalities": ["fourier", "morphological"],
-    }
-    protocols = [MissingProtocol(kind="random", rate=0.3), MissingProtocol(kind="random", rate=0.5)]
-    methods = ["zero_fill_pretrained", "cross_regression"]
-    summaries, listings = [], []
-    for folder, workers in (("serial", 1), ("parallel", 2)):
-        base = small_config("zero_fill", output_dir=str(tmp_path / folder), **options)
-        runs, _, _ = run_sweep(base, methods, protocols, [5], log=lambda _: None, workers=workers)
-        listings.append(runs)
-        summaries.append(json.loads((tmp_path / folder / "summary.json").read_text()))
-    assert [r["metrics"] for r in listings[1]] == [r["metrics"] for r in listings[0]]
-    assert summaries[1] == summaries[0]
+_PARALLEL_OPTIONS = {
+    "train.max_epochs": 1,
+    "train.num_threads": 1,
+    "model.kernel_size": 1,
+    "data.modalities": ["fourier", "morphological"],
+}
+_PARALLEL_PROTOCOLS = [
+    MissingProtocol(kind="random", rate=0.3),
+    MissingProtocol(kind="random", rate=0.5),
+]
+_PARALLEL_METHODS = ["zero_fill_pretrained", "cross_regression"]
+
+
+def _parallel_sweep(folder: Path, **executor) -> tuple[list[dict], dict]:
+    base = small_config("zero_fill", output_dir=str(folder), **_PARALLEL_OPTIONS)
+    runs, _, _ = run_sweep(
+        base, _PARALLEL_METHODS, _PARALLEL_PROTOCOLS, [5], log=lambda _: None, **executor
+    )
+    return runs, json.loads((folder / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def serial_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], dict]:
+    return _parallel_sweep(tmp_path_factory.mktemp("serial"))
+
+
+def _assert_cache_trained_once(runs: list[dict]) -> None:
     # The two runs of one method and seed share one stage-1 cache entry: one of the parallel
     # workers trains it, the other waits and reads it.
-    for method in methods:
+    for method in _PARALLEL_METHODS:
         trained = [
             "complete" in json.loads((Path(r["run_dir"]) / "history.json").read_text())
-            for r in listings[1]
+            for r in runs
             if r["method"] == method
         ]
         assert sorted(trained) == [False, True], (method, trained)
+
+
+def test_parallel_workers_give_the_serial_sweep_and_train_each_cache_entry_once(
+    tmp_path: Path, serial_sweep: tuple[list[dict], dict]
+) -> None:
+    runs, summary = _parallel_sweep(tmp_path, workers=2)
+    assert [r["metrics"] for r in runs] == [r["metrics"] for r in serial_sweep[0]]
+    assert summary == serial_sweep[1]
+    _assert_cache_trained_once(runs)
+
+
+def test_a_local_ray_instance_with_two_workers_gives_the_serial_sweep(
+    tmp_path: Path, serial_sweep: tuple[list[dict], dict]
+) -> None:
+    runs, summary = _parallel_sweep(tmp_path, workers=2, executor="ray")
+    assert [r["metrics"] for r in runs] == [r["metrics"] for r in serial_sweep[0]]
+    assert summary == serial_sweep[1]
+    assert json.loads((tmp_path / "sweep.json").read_text()) == runs
+    _assert_cache_trained_once(runs)
+
+
+def test_ray_options_need_the_ray_executor_and_sane_resources(tmp_path: Path) -> None:
+    base = small_config("zero_fill", output_dir=str(tmp_path), **_PARALLEL_OPTIONS)
+    protocols = _PARALLEL_PROTOCOLS[:1]
+    with pytest.raises(ConfigError, match="need --executor ray"):
+        run_sweep(base, ["zero_fill"], protocols, [5], log=lambda _: None, address="auto")
+    with pytest.raises(ConfigError, match="--cpus-per-run must be > 0"):
+        run_sweep(
+            base,
+            ["zero_fill"],
+            protocols,
+            [5],
+            log=lambda _: None,
+            executor="ray",
+            cpus_per_run=-1,
+        )
+
+
+def test_without_ray_the_ray_executor_says_how_to_install_it(tmp_path: Path) -> None:
+    script = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from dicmor.cli import main\n"
+        "sys.exit(main(['sweep', '--executor', 'ray', '--set', 'train.max_epochs=1', "
+        f"'--output-dir', {str(tmp_path)!r}]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'pip install "dicmor[ray]"' in lines[0], done.stderr

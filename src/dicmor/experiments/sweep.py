@@ -92,7 +92,11 @@ def run_sweep(
     log: Callable[[str], None] = print,
     resume: bool = True,
     dataset: MultimodalDataset | None = None,
-    workers: int = 1,
+    workers: int | None = None,
+    executor: str = "process",
+    address: str | None = None,
+    cpus_per_run: float | None = None,
+    gpus_per_run: float | None = None,
 ) -> tuple[list[dict], list[dict], str]:
     """Train every (protocol, seed, method); return the runs, the aggregates and the table.
 
@@ -107,9 +111,18 @@ def run_sweep(
     (see :func:`~dicmor.training.stages.train_stages`). Bit-identical results need the same
     thread count as the serial sweep (``train.num_threads``); by default each worker takes its
     share of the CPU cores.
+
+    ``executor="ray"`` makes every run a Ray task asking for ``cpus_per_run`` CPUs (default
+    ``train.num_threads``, else 1) and ``gpus_per_run`` GPUs (default 1 on CUDA, else 0), on the
+    Ray cluster at ``address`` or a local instance with ``workers`` runs at once (see
+    :mod:`dicmor.experiments.ray_runs`); the results are again the serial sweep's.
     """
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ConfigError(f"sweep: --workers must be >= 1, got {workers}")
+    if executor not in ("process", "ray"):
+        raise ConfigError(f"sweep: --executor must be 'process' or 'ray', got {executor!r}")
+    if executor == "process" and (address or cpus_per_run or gpus_per_run is not None):
+        raise ConfigError("sweep: --address, --cpus-per-run and --gpus-per-run need --executor ray")
     if dataset is None:
         dataset = load_data(base.data)
         for note in dataset.notes:
@@ -146,8 +159,23 @@ def run_sweep(
         progress.finished(labels[k])
 
     jobs = [(k, replace(plan[k], output_dir=str(out))) for k in todo]
-    if workers > 1 and len(jobs) > 1:
-        _run_in_processes(jobs, dataset, resume, labels, finish, progress, workers)
+    if executor == "ray" and jobs:
+        from dicmor.experiments.ray_runs import default_gpus_per_run, run_on_ray
+
+        run_on_ray(
+            jobs,
+            dataset,
+            resume,
+            labels,
+            finish,
+            progress.starting,
+            address=address,
+            workers=workers,
+            cpus_per_run=cpus_per_run or base.train.num_threads or 1.0,
+            gpus_per_run=default_gpus_per_run(base) if gpus_per_run is None else gpus_per_run,
+        )
+    elif (workers or 1) > 1 and len(jobs) > 1:
+        _run_in_processes(jobs, dataset, resume, labels, finish, progress, workers or 1)
     else:
         for k, config in jobs:
             progress.starting(labels[k])
