@@ -59,6 +59,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = run_experiment(
         config, name=args.name, masks=masks, mask_names=mask_names, restart=args.restart
     )
+    from dicmor.training import distributed
+
+    world = distributed.current()
+    if world is not None:
+        distributed.finish()
+        if not world.main:  # rank 0 reports the run
+            return
     row = {
         "method": config.model.method,
         "protocol": str(config.missing),
@@ -160,6 +167,13 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace, seeds: list[int] | None, resume: bool) -> None:
     from dicmor.experiments.sweep import run_sweep
     from dicmor.registry import model_names
+    from dicmor.training import distributed
+
+    if distributed.launched():
+        raise ConfigError(
+            "sweeps run one process per run: start them without torchrun (--workers N or "
+            "--executor ray train runs in parallel); torchrun is for one run, with train"
+        )
 
     base = _config_from_args(args)
     # A named plan supplies the defaults; --methods, --missing and --seeds narrow it.

@@ -98,8 +98,14 @@ class Batches:
         simulate: MaskSchedule | None = None,
         batching: Batching | None = None,
         with_labels: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.split = split
+        # (rank, ranks): this process takes rows rank, rank + ranks, … of every batch; `sizes`
+        # is then (its rows, the batch's rows) of the batch last given, its rows 0 where the
+        # batch has fewer rows than ranks (it is then given the batch's first row, to weigh 0).
+        self.shard = shard
+        self.sizes = (0, 0)
         self.batching = batching or Batching()
         self.with_labels = with_labels
         self.modality_names = modality_names
@@ -168,6 +174,11 @@ class Batches:
             yield self._collated(torch.from_numpy(rows))
 
     def _collated(self, index: torch.Tensor) -> Batch:
+        if self.shard is not None:
+            rank, ranks = self.shard
+            local = index[rank::ranks]
+            self.sizes = (len(local), len(index))
+            index = local if len(local) else index[:1]
         batch = self._batch(index)
         if self.batching.collate is not None:
             batch = self.batching.collate(batch, self.split)

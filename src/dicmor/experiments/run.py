@@ -40,6 +40,7 @@ from dicmor.outputs import writable_folder, write_text
 from dicmor.provenance import code_version, fingerprint, settings_digest
 from dicmor.registry import build_model
 from dicmor.reporting.gaps import recovered_entries, save_recovered
+from dicmor.training import distributed
 from dicmor.training.checkpoints import save_checkpoint
 from dicmor.training.loop import FitResult
 from dicmor.training.stages import resolve_device, seed_everything, train_stages
@@ -247,7 +248,10 @@ def run_experiment(
     seed_everything(config.train.seed)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
+    world = distributed.start(config.train.device)
     device = resolve_device(config.train.device)
+    if world is not None and not world.main:
+        log = _quiet
     if dataset is None:
         dataset = load_data(config.data)
         for note in dataset.notes:
@@ -260,8 +264,17 @@ def run_experiment(
         masks = _checked_masks(masks, presents, names, mask_names)
     identity = _identity(config, dataset, masks)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    folder, earlier = _run_folder(config, dataset, name, identity, key, restart)
+    if world is not None and not world.main:
+        return _other_rank(config, dataset, masks, device, key)
+    try:
+        folder, earlier = _run_folder(config, dataset, name, identity, key, restart)
+    except Exception as error:
+        if world is not None:  # the other ranks stop with the same message
+            distributed.broadcast((None, False, str(error).splitlines()[0]))
+        raise
     run_dir = folder.path
+    if world is not None:
+        distributed.broadcast((str(run_dir), earlier, None))
     try:
         saved = None
         if earlier:
@@ -289,6 +302,30 @@ def run_experiment(
     finally:
         folder.release()
     return RunResult(run_dir, *metrics)
+
+
+def _quiet(message: str) -> None:
+    """The log of every rank but the first."""
+
+
+def _other_rank(
+    config: Config,
+    dataset: MultimodalDataset,
+    masks: dict[str, np.ndarray],
+    device: torch.device,
+    key: str,
+) -> RunResult:
+    """A rank but the first of a run on several (see :mod:`dicmor.training.distributed`): rank 0
+    holds the run folder and says where it is (or why there is none); this rank resumes from
+    the state rank 0 left there, trains its share of every batch and writes nothing. Its result
+    has no metrics: rank 0 alone scores the test split."""
+    run_dir, earlier, problem = distributed.broadcast(None)
+    if problem is not None:
+        raise ConfigError(problem)
+    saved = load_state(Path(run_dir), key)[0] if earlier else None
+    model = build_model(DataInfo.from_dataset(dataset), config.model).to(device)
+    stages = train_stages(model, dataset, masks, config, device, _quiet, saved=saved)
+    return RunResult(Path(run_dir), {}, stages, model, masks)
 
 
 def _train_and_test(

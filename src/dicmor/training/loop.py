@@ -7,6 +7,7 @@ is restored at the end. Only validation data choose anything.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections import defaultdict
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from dicmor.config import TrainConfig
 from dicmor.data.batches import Batches
 from dicmor.models.base import MultimodalModel
+from dicmor.training import distributed
 from dicmor.training.state import rng_state, set_rng_state
 
 
@@ -38,19 +40,80 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def _size(batches: Batches, batch: dict) -> int:
+    """The samples ``batch`` stands for: its rows, or this rank's share of a split batch."""
+    return batches.sizes[0] if batches.shard is not None else len(batch["label"])
+
+
+def _summed(sums: dict[str, float], count: float, device: torch.device) -> tuple[dict, float]:
+    """``sums`` and ``count`` summed over the ranks of a distributed run (as they are without)."""
+    if distributed.current() is None:
+        return dict(sums), count
+    keys = sorted(sums)
+    *values, count = distributed.all_sum([sums[k] for k in keys] + [count], device)
+    return dict(zip(keys, values, strict=True)), count
+
+
 def _mean_losses(model: MultimodalModel, batches: Batches) -> dict[str, float]:
-    """Sample-weighted mean of each loss term over ``batches``, in eval mode, without gradients."""
+    """Sample-weighted mean of each loss term over ``batches``, in eval mode, without gradients
+    (over every rank's share in a distributed run)."""
     model.eval()
     sums: dict[str, float] = defaultdict(float)
     count = 0
     with torch.no_grad():
         for batch in batches:
-            size = len(batch["label"])
+            size = _size(batches, batch)
             losses = model.loss(model(batch), batch)
             for key, value in losses.items():
                 sums[key] += float(value.detach()) * size
             count += size
+    sums, count = _summed(sums, count, batches.device)
     return {key: value / count for key, value in sums.items()}
+
+
+class _Objective(torch.nn.Module):
+    """The stage's loss as a module's output, for DistributedDataParallel: the term optimised,
+    and every term detached, so that the parameters it does not reach count as unused."""
+
+    def __init__(self, model: MultimodalModel, objective: str) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        losses = self.model.loss(self.model(batch), batch)
+        return losses[self.objective], {k: v.detach() for k, v in losses.items()}
+
+
+def _engine(model: MultimodalModel, objective: str, device: torch.device) -> Callable:
+    """``batch -> (objective, losses)``: the model itself, or wrapped in DDP across ranks."""
+    if distributed.current() is None:
+
+        def step(batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            losses = model.loss(model(batch), batch)
+            return losses[objective], losses
+
+        step.no_sync = contextlib.nullcontext  # type: ignore[attr-defined]
+        return step
+    return torch.nn.parallel.DistributedDataParallel(
+        _Objective(model, objective),
+        device_ids=[device] if device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
+
+
+def _backward(
+    total: torch.Tensor, params: list[torch.nn.Parameter], config: TrainConfig, update: bool
+) -> None:
+    """Backpropagate one micro-batch's loss and clip as ``config.accumulation`` says."""
+    if config.accumulation == "sum":
+        total.backward()
+        # The public code's order: the running sum is clipped after every micro-batch.
+        if config.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
+    else:
+        (total / config.grad_accum).backward()
+        if update and config.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
 
 
 def make_optimizer(
@@ -97,6 +160,8 @@ def fit(
     """
     monitor = monitor or config.select_on
     params = [p for p in model.parameters() if p.requires_grad]
+    world = distributed.current()
+    engine = _engine(model, objective, train.device)
     optimizer = make_optimizer(
         optimizer_name,
         params,
@@ -134,34 +199,34 @@ def fit(
             train,
             desc=f"{desc} {epoch}/{epochs}",
             leave=False,
-            disable=None if config.progress else True,
+            disable=None if config.progress and (world is None or world.main) else True,
         )
         for step, batch in enumerate(bar, start=1):
-            losses = model.loss(model(batch), batch)
-            total = losses[objective]
-            if not torch.isfinite(losses["total"]) or not torch.isfinite(total):
-                raise TrainingError(
-                    f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
-                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                )
             update = step % config.grad_accum == 0 or step == len(train)
-            if config.accumulation == "sum":
-                total.backward()
-                # The public code's order: the running sum is clipped after every micro-batch.
-                if config.clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
-            else:
-                (total / config.grad_accum).backward()
-                if update and config.clip_value is not None:
-                    torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
+            # Mean accumulation reduces the summed gradients once, at the update; the public
+            # code's sum accumulation clips the reduced running sum after every micro-batch.
+            local = not update and config.accumulation == "mean"
+            with engine.no_sync() if local else contextlib.nullcontext():
+                total, losses = engine(batch)
+                if not torch.isfinite(losses["total"]) or not torch.isfinite(total):
+                    raise TrainingError(
+                        f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
+                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                    )
+                if world is not None:
+                    # The ranks' gradients are averaged: weighted by each one's share of the
+                    # batch, that is the gradient of the whole batch's mean loss.
+                    total = total * (train.sizes[0] * world.size / train.sizes[1])
+                _backward(total, params, config, update)
             if update:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            size = len(batch["label"])
+            size = _size(train, batch)
             for key, value in losses.items():
                 sums[key] += float(value.detach()) * size
             seen += size
-            bar.set_postfix(loss=f"{sums['total'] / seen:.4f}")
+            bar.set_postfix(loss=f"{sums['total'] / max(seen, 1):.4f}")
+        sums, seen = _summed(sums, seen, train.device)
         valid_losses = _mean_losses(model, valid)
         if monitor not in valid_losses:
             raise TrainingError(

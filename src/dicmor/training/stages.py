@@ -23,6 +23,7 @@ from dicmor.data.batches import Batches, Batching
 from dicmor.data.dataset import MultimodalDataset
 from dicmor.missing.protocols import MissingProtocol, epoch_mask
 from dicmor.models.base import MultimodalModel, Stage
+from dicmor.training import distributed
 from dicmor.training.checkpoints import load_cached, save_cached, stage_cache_path
 from dicmor.training.loop import FitResult, fit
 
@@ -44,9 +45,13 @@ def stage_seed(seed: int, index: int) -> int:
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; an unavailable CUDA device is a clear error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {name} but CUDA is not available on this machine")
+    world = distributed.current()
+    if name == "cuda" and world is not None:  # one GPU per rank of a distributed run
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -88,7 +93,13 @@ def training_batches(
         def simulate_valid(epoch: int, order: np.ndarray) -> np.ndarray:
             return fixed
 
-    common = {"device": device, "with_targets": True, "batching": batching}
+    world = distributed.current()
+    common = {
+        "device": device,
+        "with_targets": True,
+        "batching": batching,
+        "shard": (world.rank, world.size) if world else None,
+    }
     train = Batches(
         train_split,
         names,
@@ -145,6 +156,11 @@ def fit_stage(
     )
 
 
+def dist_rank() -> int:
+    world = distributed.current()
+    return 0 if world is None else world.rank
+
+
 def _cache_lock(cache: Path | None) -> contextlib.AbstractContextManager:
     """A lock held while a cache entry is looked up, trained and written (none without one)."""
     if cache is None:
@@ -196,14 +212,22 @@ def train_stages(
             continue
         model.begin_stage(stage)
         seed_everything(stage_seed(config.train.seed, index))
+        if distributed.current() is not None:  # dropout and noise differ from rank to rank
+            torch.manual_seed(stage_seed(config.train.seed, index) * 1_009 + dist_rank())
         resume = saved["fit"] if saved is not None and index == first else None
         stage_masks = presents if stage.complete_data else masks
         cache = stage_cache_path(config, dataset, stage.name) if stage.complete_data else None
         # One process trains a cache entry; another that needs it meanwhile (a parallel sweep)
         # waits for it and reads the weights.
-        with _cache_lock(cache):
-            if resume is None and cache is not None and cache.exists():
+        world = distributed.current()
+        with _cache_lock(cache if world is None or world.main else None):
+            reuse = resume is None and cache is not None and cache.exists()
+            if world is not None:  # rank 0 decides, holding the lock, for every rank
+                reuse = distributed.broadcast(reuse)
+            if reuse:
                 problem = load_cached(model, cache, device)
+                if world is not None:
+                    problem = distributed.broadcast(problem)
                 if problem is None:
                     log(f"{stage.name}: reusing cached weights {cache}")
                     if save is not None:
@@ -234,7 +258,7 @@ def train_stages(
                 f"{stage.name}: best epoch {result.best_epoch}/{result.epochs_run}, "
                 f"valid loss {result.best_valid_loss:.4f}"
             )
-            if cache is not None:
+            if cache is not None and (world is None or world.main):
                 save_cached(model, cache)
             if save is not None:
                 save(state(index + 1, model.state_dict(), None))
