@@ -213,7 +213,7 @@ def fit(
                         f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
                         + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                     )
-                if world is not None:
+                if world is not None and train.shard is not None:
                     # The ranks' gradients are averaged: weighted by each one's share of the
                     # batch, that is the gradient of the whole batch's mean loss.
                     total = total * (train.sizes[0] * world.size / train.sizes[1])
