@@ -44,15 +44,10 @@ def default_gpus_per_run(config: Config) -> float:
 def _train_task(config: Config, dataset: MultimodalDataset, resume: bool, threads: int, label):
     import torch
 
-    from dicmor.experiments.sweep import train_one
+    from dicmor.experiments.sweep import run_log, train_one
 
     torch.set_num_threads(threads)
-    prefix = f"[{label.split(':')[0]}]"
-
-    def log(message: str) -> None:
-        print(f"{prefix} {message}", flush=True)
-
-    return train_one(config, dataset, resume, log)
+    return train_one(config, dataset, resume, run_log(label))
 
 
 def run_on_ray(

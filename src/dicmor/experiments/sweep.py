@@ -241,11 +241,18 @@ def _worker_start(dataset: MultimodalDataset, threads: int, counter, gpus: int) 
     _WORKER["dataset"] = dataset
 
 
-def _worker_run(config: Config, resume: bool, label: str) -> dict:
-    def log(message: str) -> None:
-        print(f"[{label.split(':')[0]}] {message}", flush=True)
+def run_log(label: str) -> Callable[[str], None]:
+    """How a run trained in another process logs: its lines, prefixed ``[run k/N]``."""
+    prefix = f"[{label.split(':')[0]}]"
 
-    return train_one(config, _WORKER["dataset"], resume, log)
+    def log(message: str) -> None:
+        print(f"{prefix} {message}", flush=True)
+
+    return log
+
+
+def _worker_run(config: Config, resume: bool, label: str) -> dict:
+    return train_one(config, _WORKER["dataset"], resume, run_log(label))
 
 
 def _run_in_processes(

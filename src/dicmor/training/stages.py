@@ -156,11 +156,6 @@ def fit_stage(
     )
 
 
-def dist_rank() -> int:
-    world = distributed.current()
-    return 0 if world is None else world.rank
-
-
 def _cache_lock(cache: Path | None) -> contextlib.AbstractContextManager:
     """A lock held while a cache entry is looked up, trained and written (none without one)."""
     if cache is None:
@@ -195,6 +190,7 @@ def train_stages(
     nothing_missing = all(np.array_equal(masks[s], presents[s]) for s in ("train", "valid"))
     results: dict[str, FitResult] = {}
     first = 0
+    world = distributed.current()
     if saved is not None:
         first = saved["stage"]
         results = {name: FitResult(**result) for name, result in saved["results"].items()}
@@ -212,14 +208,13 @@ def train_stages(
             continue
         model.begin_stage(stage)
         seed_everything(stage_seed(config.train.seed, index))
-        if distributed.current() is not None:  # dropout and noise differ from rank to rank
-            torch.manual_seed(stage_seed(config.train.seed, index) * 1_009 + dist_rank())
+        if world is not None:  # dropout and noise differ from rank to rank
+            torch.manual_seed(stage_seed(config.train.seed, index) * 1_009 + world.rank)
         resume = saved["fit"] if saved is not None and index == first else None
         stage_masks = presents if stage.complete_data else masks
         cache = stage_cache_path(config, dataset, stage.name) if stage.complete_data else None
         # One process trains a cache entry; another that needs it meanwhile (a parallel sweep)
         # waits for it and reads the weights.
-        world = distributed.current()
         with _cache_lock(cache if world is None or world.main else None):
             reuse = resume is None and cache is not None and cache.exists()
             if world is not None:  # rank 0 decides, holding the lock, for every rank
