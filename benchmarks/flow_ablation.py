@@ -49,6 +49,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cross_regression": ("cross_regression", {}),
     "dicmor_untrained_flows": ("dicmor", {"model.dicmor.train_flows": False}),
     "dicmor": ("dicmor", {}),
+    "untrained_flows_alone": (
+        "dicmor",
+        {"model.dicmor.train_flows": False, "model.dicmor.refine": False},
+    ),
+    "flows_alone": ("dicmor", {"model.dicmor.refine": False}),
     "+redraw": ("dicmor", {"train.redraw_masks": True}),
     "+stage1_recovery": ("dicmor", {"model.recovery.stage1_recovery_rate": 0.5}),
     "+flow_stage": ("dicmor", {"model.dicmor.flow_stage_epochs": 20}),
@@ -66,7 +71,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         {"model.dicmor.align_weight": 1.0, "model.dicmor.flow_stage_epochs": 20},
     ),
 }
-"""Name → (method, overrides). ``+option`` is DiCMoR with that one option on."""
+"""Name → (method, overrides). ``+option`` is DiCMoR with that one option on; ``*_alone``,
+DiCMoR without the refinement network, the decoded transfer being the recovery."""
 
 DEFAULT_VARIANTS = (
     "zero_fill",
@@ -107,6 +113,9 @@ def main() -> None:
     parser.add_argument("--factors", type=int, default=8, help="shared factors of the data")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--max-points", type=int, default=2000, help="points per distribution comparison"
+    )
     parser.add_argument("--out", help="write every run's numbers to this JSON file")
     args = parser.parse_args()
     unknown = sorted(set(args.variants) - set(VARIANTS))
@@ -165,6 +174,7 @@ def main() -> None:
                         names,
                         result.masks["test"],
                         task=data.task,
+                        max_points=args.max_points,
                     )
                 records.append(record)
                 print(

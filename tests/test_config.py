@@ -87,6 +87,16 @@ def test_overrides_apply_and_validate() -> None:
         parse_override("train.max_epochs")
 
 
+def test_exponent_floats_are_numbers_on_the_command_line_and_in_files(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a learning rate written so is a number here.
+    assert parse_override("train.lr=1e-3") == ("train.lr", 0.001)
+    assert parse_override("train.lr=5E-4") == ("train.lr", 0.0005)
+    assert parse_override("model.name=1e") == ("model.name", "1e")
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 2e-4\n")
+    assert load_config(path).train.lr == 0.0002
+
+
 def test_missing_protocol_section_builds_the_protocol(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("missing:\n  kind: fixed\n  keep: [fourier, zernike]\n")

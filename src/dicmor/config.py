@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -382,7 +383,7 @@ def load_config(source: str | Path, overrides: dict[str, Any] | None = None) -> 
     if not path.exists():
         raise ConfigError(f"{source}: no such config file or preset (presets: {preset_names()})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(data, dict):
@@ -419,13 +420,29 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     return from_dict(Config, data)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as `yaml.safe_load` reads it, but with YAML 1.2's floats: ``1e-3`` and ``1E4``
+    (no dot, no exponent sign) are numbers, not strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse ``key=value`` (value read as YAML) from the command line."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), _load_yaml(raw)
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise ConfigError(f"override {key.strip()}: value {raw!r} is {problem}") from None

@@ -55,6 +55,12 @@ class DiCMoRConfig:
     """``False``: the flows are the identity and never learn (an ablation: a missing modality
     is then recovered from the mean of the available features by the refinement network alone,
     as in ``cross_regression``)."""
+    refine: bool = True
+    """``False``: the decoded transfer is the recovery, with no refinement network after it (an
+    ablation: what the flows alone carry). With the refinement on, a network trained by the
+    reconstruction MSE and the task loss turns any invertible transfer of the available
+    features into their regression, so trained and identity flows then recover alike (see the
+    README's flow ablation)."""
     dequantize: float = 0.0
     """Standard deviation of Gaussian noise added, in training, to the features entering the
     flows, relative to each modality's RMS in the batch. Features of fewer input degrees of
@@ -138,8 +144,12 @@ class DiCMoR(Recovering):
         self.prior = ClassConditionalPrior(info.prior_classes, dim)
         # One refinement network per modality, run as the groups of one module.
         recovery = config.recovery
-        self.refiners = RefinementNetwork(
-            dim, recovery.refine_blocks, recovery.refine_reduction, groups=len(names)
+        self.refiners = (
+            RefinementNetwork(
+                dim, recovery.refine_blocks, recovery.refine_reduction, groups=len(names)
+            )
+            if options.refine
+            else None
         )
         self.mergers = (
             nn.ModuleDict({m: nn.Conv1d((len(names) - 1) * dim, dim, 1) for m in names})
@@ -334,7 +344,7 @@ class DiCMoR(Recovering):
             bound = self.feature_bound[targets][:, None, None, None]
             decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
             # Their refinement networks run together too, as the groups of one module.
-            refined = self.refiners(decoded, group=targets)  # (len(targets), n, d, T')
+            refined = decoded if self.refiners is None else self.refiners(decoded, group=targets)
             for j, x in zip(targets, refined.unbind(0), strict=True):
                 refinements[j] = (index, x)
         return fill_recovered(features, names, refinements)
