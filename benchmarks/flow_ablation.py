@@ -12,7 +12,8 @@ The data are generated with shared sample-level factors (each modality sees part
 that one modality's features say something about another's beyond the class:
 
 - ``--data classification``: 400 samples of three modalities (4 steps × 16 features), 6 classes
-  (the data of the learning test), with the ``tiny`` preset by default;
+  (the learning test's shapes and classes; ``--shared-signal 2`` gives its data), with the
+  ``tiny`` preset by default;
 - ``--data mosi``: an MMSA ``aligned_50.pkl`` of CMU-MOSI's shape (1284 / 229 / 686 samples,
   768 / 5 / 20 features, regression labels), with the ``mosi`` preset by default.
 
@@ -84,12 +85,20 @@ DEFAULT_VARIANTS = (
 GAP_COLUMNS = ("class_mmd", "frechet", "mse")
 
 
-def make_data(kind: str, folder: Path, seed: int, factors: int) -> MultimodalDataset:
+def make_data(
+    kind: str, folder: Path, seed: int, factors: int, shared_signal: float
+) -> MultimodalDataset:
     """The generated dataset of ``--data``."""
     if kind == "classification":
         shapes = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
         return make_classification_dataset(
-            400, num_classes=6, modalities=shapes, seed=seed, signal=2.0, shared_factors=factors
+            400,
+            num_classes=6,
+            modalities=shapes,
+            seed=seed,
+            signal=2.0,
+            shared_factors=factors,
+            shared_signal=shared_signal,
         )
     path = write_mmsa_pickle(
         folder / "aligned_50.pkl",
@@ -98,6 +107,7 @@ def make_data(kind: str, folder: Path, seed: int, factors: int) -> MultimodalDat
         n_test=686,
         seed=seed,
         shared_factors=factors,
+        shared_signal=shared_signal,
     )
     return load_dataset(str(path))
 
@@ -111,6 +121,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--factors", type=int, default=8, help="shared factors of the data")
+    parser.add_argument(
+        "--shared-signal", type=float, default=1.0, help="scale of the shared factors' trace"
+    )
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE for every run")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -123,7 +136,7 @@ def main() -> None:
         parser.error(f"unknown variants {unknown} (known: {list(VARIANTS)})")
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="flow-ablation-"))
-    data = make_data(args.data, folder, args.data_seed, args.factors)
+    data = make_data(args.data, folder, args.data_seed, args.factors, args.shared_signal)
     preset = args.preset or ("tiny" if args.data == "classification" else "mosi")
     common = dict(parse_override(text) for text in args.set)
     common.update({"train.progress": False, "train.num_threads": args.threads})
