@@ -139,6 +139,8 @@ class Flow(nn.Module):
         self.groups = groups
         step_cls = _STEPS[step_type]
         self.steps = nn.ModuleList(step_cls(channels, hidden, groups) for _ in range(num_steps))
+        # Affine maps built without gradient, by (direction, groups): see `_affine_maps`.
+        self._affine_cache: dict[tuple, tuple] = {}
 
     def _points(self, x: Tensor, group: GroupSelection) -> Tensor:
         """(G', B, C, T) or one group's (B, C, T) → points (G', B·T, C)."""
@@ -236,15 +238,11 @@ class Flow(nn.Module):
             # ActNorm and the 1x1 convolution of a step compose to one affine map per point,
             # z = W diag(e^s) x + W diag(e^s) b: computed for all steps at once, applied in one
             # product per step.
-            permutation, lower, upper, bias, log_scale, log_abs_s = self._linear_parts(group)
-            weight = permutation @ lower @ upper * log_scale.exp()[:, :, None, :]  # W diag(e^s)
-            shift = (weight @ bias[..., None]).squeeze(-1)  # (K, G', C)
-            maps = zip(weight.transpose(2, 3).unbind(0), shift.unbind(0), strict=True)
-            for step, (weight_k, shift_k) in zip(self.steps, maps, strict=True):
-                points = torch.baddbmm(shift_k[:, None], points, weight_k)  # row form
+            weights, shifts, constant = self._affine_maps(group, inverse=False)
+            for step, weight_k, shift_k in zip(self.steps, weights, shifts, strict=True):
+                points = torch.baddbmm(shift_k, points, weight_k)  # row form
                 points, step_logdet = step.coupling(points, group)
                 logdets.append(step_logdet)
-            constant = (log_scale.sum(dim=(0, 2)) + log_abs_s.sum(dim=(0, 2)))[:, None]  # (G', 1)
             logdet = torch.stack(logdets).sum(dim=0) + constant  # (G', B·T)
         else:
             for step in self.steps:
@@ -261,18 +259,75 @@ class Flow(nn.Module):
             for step in reversed(self.steps):
                 points = step.coupling.inverse(points, group)
             return self._sequences(points, z)
-        # Each step's affine part inverts to x = diag(e^-s) W^-1 z - b, with W^-1 = U^-1 L^-1 P^T
-        # for all steps at once from two batched triangular solves.
-        permutation, lower, upper, bias, log_scale, _ = self._linear_parts(group)
+        weights, shifts, _ = self._affine_maps(group, inverse=True)
+        for step, weight_k, shift_k in reversed(
+            list(zip(self.steps, weights, shifts, strict=True))
+        ):
+            points = step.coupling.inverse(points, group)
+            points = torch.baddbmm(shift_k, points, weight_k)
+        return self._sequences(points, z)
+
+    def _affine_maps(
+        self, group: GroupSelection, *, inverse: bool
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor]:
+        """Every step's ActNorm and 1x1 convolution as one affine map of points in row form,
+        ``points @ weight_k + shift_k`` (weight_k (G', C, C), shift_k (G', 1, C)), and the
+        log-determinant they add per point ((G', 1), forward only).
+
+        Without gradient (inference, or decoding during training) the maps of a selection are
+        kept and reused until a parameter changes (an optimiser step, a loaded state, a move to
+        another device): building them stacks every step's parameters and, for the inverse,
+        solves two triangular systems, which costs as much as decoding one sample.
+        """
+        if torch.is_grad_enabled():
+            return self._build_affine_maps(group, inverse=inverse)
+        tensors = [
+            t
+            for step in self.steps
+            for t in (
+                *step.invconv.parameters(),
+                *step.invconv.buffers(),
+                *step.actnorm.parameters(),
+            )
+        ]
+        reference = tensors[0]
+        key = (
+            inverse,
+            tuple(selected_groups(self.groups, group)),
+            reference.dtype,
+            reference.device,
+        )
+        versions = [t._version for t in tensors]
+        cached = self._affine_cache.get(key)
+        if (
+            cached is not None
+            and len(cached[0]) == len(tensors)
+            and all(a is b for a, b in zip(cached[0], tensors, strict=True))
+            and cached[1] == versions
+        ):
+            return cached[2]
+        maps = self._build_affine_maps(group, inverse=inverse)
+        self._affine_cache[key] = (tensors, versions, maps)
+        return maps
+
+    def _build_affine_maps(
+        self, group: GroupSelection, *, inverse: bool
+    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor]:
+        """The maps of `_affine_maps`, computed for all steps at once."""
+        permutation, lower, upper, bias, log_scale, log_abs_s = self._linear_parts(group)
+        if not inverse:
+            # z = W diag(e^s) x + W diag(e^s) b
+            weight = permutation @ lower @ upper * log_scale.exp()[:, :, None, :]
+            shift = (weight @ bias[..., None]).squeeze(-1)  # (K, G', C)
+            constant = (log_scale.sum(dim=(0, 2)) + log_abs_s.sum(dim=(0, 2)))[:, None]
+            return weight.transpose(2, 3).unbind(0), shift[:, :, None].unbind(0), constant
+        # x = diag(e^-s) W^-1 z - b, with W^-1 = U^-1 L^-1 P^T from two batched triangular
+        # solves.
         identity = torch.eye(self.channels, dtype=lower.dtype, device=lower.device)
-        inverse = torch.linalg.solve_triangular(
+        weight = torch.linalg.solve_triangular(
             lower, identity.expand_as(lower), upper=False, unitriangular=True
         )
-        inverse = torch.linalg.solve_triangular(upper, inverse, upper=True)
-        inverse = inverse @ permutation.transpose(2, 3)  # W^-1: (K, G', C, C)
-        inverse = inverse.transpose(2, 3) * (-log_scale).exp()[:, :, None, :]  # row form
-        maps = zip(inverse.unbind(0), (-bias).unbind(0), strict=True)
-        for step, (inverse_k, shift_k) in reversed(list(zip(self.steps, maps, strict=True))):
-            points = step.coupling.inverse(points, group)
-            points = torch.baddbmm(shift_k[:, None], points, inverse_k)
-        return self._sequences(points, z)
+        weight = torch.linalg.solve_triangular(upper, weight, upper=True)
+        weight = weight @ permutation.transpose(2, 3)  # W^-1: (K, G', C, C)
+        weight = weight.transpose(2, 3) * (-log_scale).exp()[:, :, None, :]  # row form
+        return weight.unbind(0), (-bias)[:, :, None].unbind(0), log_scale.new_zeros(())
