@@ -27,7 +27,7 @@ format: setup
 	$(BIN)/ruff format src tests scripts benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/speed.py $(if $(BEFORE),--before $(BEFORE))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

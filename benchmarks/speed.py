@@ -5,17 +5,24 @@ tensors of MOSI / MOSEI shape (T = 50; text 768, audio 5 / 74, vision 20 / 35); 
 number of available modalities (the others are recovered). Medians over repeated passes.
 
 Usage: python benchmarks/speed.py [--threads 2] [--repeats 5] [--device cpu]
+       python benchmarks/speed.py --before COMMIT [--rounds 2]   (make bench BEFORE=COMMIT)
+
+With ``--before`` every case runs with the code of that commit (a temporary git worktree) and
+with this checkout's, alternating in one run, and the table gives before / after and the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -24,6 +31,7 @@ SHAPES = {
     "mosei": {"text": 768, "audio": 74, "vision": 35},
 }
 BATCH = {"mosi": 4, "mosei": 16}
+CASES = [f"{dataset}:{kept}" for dataset in SHAPES for kept in (1, 3)]
 
 
 def make_batch(dims: dict[str, int], batch: int, kept: int, device: torch.device) -> dict:
@@ -107,11 +115,80 @@ def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
     }
 
 
+def _case(
+    case: str, args: argparse.Namespace, source: Path | None = None
+) -> dict[str, float | str | None]:
+    """One case measured in a process of its own, with the package at ``source`` (a ``src``
+    folder) or the installed one."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
+    command = [sys.executable, __file__, "--case", case, "--threads", str(args.threads)]
+    command += ["--repeats", str(args.repeats), "--device", args.device]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _worktree(commit: str, folder: Path) -> Path:
+    """A checkout of ``commit`` of this repository in ``folder``; its ``src`` folder."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        ["git", "-C", str(root), "worktree", "add", "--detach", "--quiet", str(folder), commit],
+        check=True,
+    )
+    return folder / "src"
+
+
+COLUMNS = ("train_step_ms", "infer_b1_ms", "infer_b32_ms", "peak_rss_MiB")
+
+
+def compare(commit: str, args: argparse.Namespace) -> None:
+    """Every case with the code of ``commit`` and with this checkout's, alternating, in one
+    run (``--rounds`` times; the median of the rounds): only ratios measured side by side on
+    a shared machine hold."""
+    root = Path(__file__).resolve().parent.parent
+    folder = Path(tempfile.mkdtemp(prefix="dicmor-before-")) / "tree"
+    before_source = _worktree(commit, folder)
+    after_source = root / "src"
+    try:
+        print(f"before: {commit}; after: this checkout; {args.threads} threads, {args.device}")
+        header = "case          " + "  ".join(f"{c:>24s}" for c in COLUMNS)
+        print(
+            header
+            + "\n"
+            + " " * 14
+            + "  ".join(f"{'before / after (ratio)':>24s}" for _ in COLUMNS)
+        )
+        for case in args.cases:
+            dataset, kept = case.split(":")
+            runs: dict[str, list[dict]] = {"before": [], "after": []}
+            for _ in range(args.rounds):
+                runs["before"].append(_case(case, args, before_source))
+                runs["after"].append(_case(case, args, after_source))
+            cells = []
+            for column in COLUMNS:
+                old = statistics.median(r[column] for r in runs["before"])
+                new = statistics.median(r[column] for r in runs["after"])
+                cells.append(f"{old:8.1f} / {new:7.1f} ({old / new:4.2f}x)")
+            print(f"{dataset:6s} kept={kept}  " + "  ".join(f"{c:>24s}" for c in cells))
+    finally:
+        subprocess.run(
+            ["git", "-C", str(root), "worktree", "remove", "--force", str(folder)], check=False
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--before", metavar="COMMIT", help="compare with the code of this commit, side by side"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --before comparisons")
+    parser.add_argument(
+        "--cases", nargs="+", default=CASES, choices=CASES, help="dataset:kept (default: all)"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,34 +196,20 @@ def main() -> None:
         dataset, kept = args.case.split(":")
         print(json.dumps(run_case(dataset, int(kept), args.repeats, args.device)))
         return
+    if args.before:
+        compare(args.before, args)
+        return
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}")
     header = "case          step ms  samples/s  infer b1 ms  infer b32 ms  params M  peak MiB"
     print(header)
-    for dataset in SHAPES:
-        for kept in (1, 3):
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--case",
-                    f"{dataset}:{kept}",
-                    "--threads",
-                    str(args.threads),
-                    "--repeats",
-                    str(args.repeats),
-                    "--device",
-                    args.device,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(
-                f"{dataset:6s} kept={kept}  {r['train_step_ms']:7.1f}  {r['samples_per_s']:9.1f}"
-                f"  {r['infer_b1_ms']:11.1f}  {r['infer_b32_ms']:12.1f}  {r['params_M']:8.2f}"
-                f"  {r['peak_rss_MiB']:8.0f}"
-            )
+    for case in args.cases:
+        dataset, kept = case.split(":")
+        r = _case(case, args)
+        print(
+            f"{dataset:6s} kept={kept}  {r['train_step_ms']:7.1f}  {r['samples_per_s']:9.1f}"
+            f"  {r['infer_b1_ms']:11.1f}  {r['infer_b32_ms']:12.1f}  {r['params_M']:8.2f}"
+            f"  {r['peak_rss_MiB']:8.0f}"
+        )
 
 
 if __name__ == "__main__":
