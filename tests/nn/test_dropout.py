@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dicmor.nn.dropout import Dropout, dropout
+from dicmor.nn.dropout import Dropout, dropout, dropout_matmul
 
 
 def test_drops_the_given_fraction_and_stays_unbiased() -> None:
@@ -47,3 +47,54 @@ def test_bad_probabilities_are_rejected() -> None:
         dropout(torch.ones(2, 3), [0.1, -0.1])
     with pytest.raises(ValueError, match="2 probabilities for a first dimension of size 3"):
         dropout(torch.ones(3, 4), [0.1, 0.2])
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd saves while ``fn()`` runs."""
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("p", [0.3, (0.0, 0.2, 0.5)])
+def test_dropout_matmul_is_dropout_then_product_and_saves_less(p) -> None:
+    # (G·B, h, T_q, T_kv) attention weights of G = 3 groups, B = 4, and their values.
+    logits = torch.randn(12, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(12, 2, 7, 3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(12, 2, 5, 3, dtype=torch.float64)
+
+    def reference() -> torch.Tensor:
+        weights = logits.softmax(dim=-1)
+        return dropout(weights.view(3, -1), p).view_as(weights) @ values
+
+    def fused() -> torch.Tensor:
+        return dropout_matmul(logits.softmax(dim=-1), values, p)
+
+    results = []
+    for fn in (reference, fused):
+        torch.manual_seed(7)
+        out = fn()
+        grads = torch.autograd.grad(out, (logits, values), upstream)
+        results.append((out, *grads))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    # Something was dropped, so the test is not of the identity.
+    torch.manual_seed(7)
+    assert not torch.allclose(results[0][0], logits.softmax(dim=-1) @ values)
+    # The float mask and the dropped weights are not kept; a 1-byte mask is.
+    assert _saved_bytes(fused) < _saved_bytes(reference) - 1.5 * logits.numel() * 8
+
+
+def test_dropout_matmul_outside_training_is_the_product() -> None:
+    weights, values = torch.rand(6, 2, 4, 4), torch.randn(6, 2, 4, 3)
+    torch.testing.assert_close(
+        dropout_matmul(weights, values, 0.5, training=False), weights @ values
+    )
+    with pytest.raises(ValueError, match="2 probabilities for a first dimension of size 5"):
+        dropout_matmul(torch.rand(5, 1, 2, 2), torch.rand(5, 1, 2, 1), (0.1, 0.2))

@@ -21,6 +21,7 @@ from dicmor.flows.invconv import InvertibleConv1x1, lu_factors
 from dicmor.nn.grouped import GroupSelection, select_groups
 
 StepType = Literal["glow", "coupling-only"]
+_INVCONV_TENSORS = ("permutation", "lower", "upper", "sign_s", "log_abs_s")
 
 
 class GlowStep(nn.Module):
@@ -186,23 +187,13 @@ class Flow(nn.Module):
             [select_groups(getattr(getattr(step, layer), name), group) for step in self.steps]
         )
 
-    def _linear_parts(self, group: GroupSelection) -> tuple[Tensor, ...]:
+    def _raw_parts(self, group: GroupSelection) -> tuple[Tensor, ...]:
         """The ActNorm and 1x1-convolution parameters of every step, stacked (K, G', *):
-        ``(P, L, U, actnorm_bias, actnorm_log_scale, log_abs_s)`` with ``W = P L U``."""
-        log_abs_s = self._stacked("invconv", "log_abs_s", group)
-        lower, upper = lu_factors(
-            self._stacked("invconv", "lower", group),
-            self._stacked("invconv", "upper", group),
-            self._stacked("invconv", "sign_s", group),
-            log_abs_s,
-        )
+        ``(permutation, lower, upper, sign_s, log_abs_s, actnorm_bias, actnorm_log_scale)``."""
         return (
-            self._stacked("invconv", "permutation", group),
-            lower,
-            upper,
+            *(self._stacked("invconv", name, group) for name in _INVCONV_TENSORS),
             self._stacked("actnorm", "bias", group),
             self._stacked("actnorm", "log_scale", group),
-            log_abs_s,
         )
 
     def forward(
@@ -275,46 +266,31 @@ class Flow(nn.Module):
         log-determinant they add per point ((G', 1), forward only).
 
         Without gradient (inference, or decoding during training) the maps of a selection are
-        kept and reused until a parameter changes (an optimiser step, a loaded state, a move to
-        another device): building them stacks every step's parameters and, for the inverse,
-        solves two triangular systems, which costs as much as decoding one sample.
+        kept and reused for as long as the stacked parameters they came from equal the current
+        ones, value for value: building them (LU products and, for the inverse, two triangular
+        solves) costs as much as decoding one sample, and a comparison of values holds however
+        the parameters change (a fused optimiser step leaves no version count behind).
         """
+        raw = self._raw_parts(group)
         if torch.is_grad_enabled():
-            return self._build_affine_maps(group, inverse=inverse)
-        tensors = [
-            t
-            for step in self.steps
-            for t in (
-                *step.invconv.parameters(),
-                *step.invconv.buffers(),
-                *step.actnorm.parameters(),
-            )
-        ]
-        reference = tensors[0]
-        key = (
-            inverse,
-            tuple(selected_groups(self.groups, group)),
-            reference.dtype,
-            reference.device,
-        )
-        versions = [t._version for t in tensors]
+            return self._build_affine_maps(raw, inverse=inverse)
+        key = (inverse, tuple(selected_groups(self.groups, group)), raw[1].dtype, raw[1].device)
         cached = self._affine_cache.get(key)
-        if (
-            cached is not None
-            and len(cached[0]) == len(tensors)
-            and all(a is b for a, b in zip(cached[0], tensors, strict=True))
-            and cached[1] == versions
+        if cached is not None and all(
+            torch.equal(a, b) for a, b in zip(cached[0], raw, strict=True)
         ):
-            return cached[2]
-        maps = self._build_affine_maps(group, inverse=inverse)
-        self._affine_cache[key] = (tensors, versions, maps)
+            return cached[1]
+        maps = self._build_affine_maps(raw, inverse=inverse)
+        self._affine_cache[key] = (raw, maps)
         return maps
 
     def _build_affine_maps(
-        self, group: GroupSelection, *, inverse: bool
+        self, raw: tuple[Tensor, ...], *, inverse: bool
     ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor]:
-        """The maps of `_affine_maps`, computed for all steps at once."""
-        permutation, lower, upper, bias, log_scale, log_abs_s = self._linear_parts(group)
+        """The maps of `_affine_maps` from the stacked parameters ``raw`` (of `_raw_parts`),
+        for all steps at once."""
+        permutation, lower, upper, sign_s, log_abs_s, bias, log_scale = raw
+        lower, upper = lu_factors(lower, upper, sign_s, log_abs_s)
         if not inverse:
             # z = W diag(e^s) x + W diag(e^s) b
             weight = permutation @ lower @ upper * log_scale.exp()[:, :, None, :]

@@ -85,6 +85,69 @@ def _bits(x: Tensor) -> Tensor:
     return words.view(torch.int16)[:n].view(x.shape)
 
 
+def _keep_mask(x: Tensor, p: float | tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """``(keep, scale)`` for dropping elements of ``x: (G, *)`` as :func:`dropout` does: ``keep``
+    a bool tensor like ``x`` (the same draws as :func:`dropout` on CPU), ``scale`` the factor of
+    the kept values, a scalar or one per index g (shape (G, 1, ...))."""
+    probabilities = (p,) if isinstance(p, float) else p
+    shape = (len(probabilities),) + (1,) * (x.dim() - 1) if not isinstance(p, float) else ()
+    if x.device.type != "cpu":
+        probability = torch.tensor(probabilities, dtype=x.dtype, device=x.device).view(shape)
+        return torch.rand_like(x) >= probability, 1.0 / (1.0 - probability)
+    dropped = [round(v * _LEVELS) for v in probabilities]
+    threshold = torch.tensor([d - _LEVELS // 2 for d in dropped], dtype=torch.int16).view(shape)
+    scale = torch.tensor([_LEVELS / (_LEVELS - d) for d in dropped], dtype=x.dtype).view(shape)
+    return torch.ge(_bits(x), threshold), scale
+
+
+class _DroppedProduct(torch.autograd.Function):
+    """``(weights * keep * scale) @ values``, saving the 1-byte ``keep`` instead of a float mask
+    and the dropped weights: the backward recomputes them from ``weights``, which the softmax
+    before it keeps anyway."""
+
+    @staticmethod
+    def forward(ctx, weights: Tensor, values: Tensor, keep: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, values, keep, scale)
+        return (weights * keep * scale) @ values
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        weights, values, keep, scale = ctx.saved_tensors
+        grad_weights = grad_values = None
+        if ctx.needs_input_grad[0]:
+            grad_weights = (grad @ values.transpose(-2, -1)) * keep * scale
+        if ctx.needs_input_grad[1]:
+            grad_values = (weights * keep * scale).transpose(-2, -1) @ grad
+        return grad_weights, grad_values, None, None
+
+
+def dropout_matmul(
+    weights: Tensor, values: Tensor, p: float | Sequence[float], training: bool = True
+) -> Tensor:
+    """``dropout(weights, p) @ values`` for attention: ``weights: (G·B, h, T_q, T_kv)``,
+    ``values: (G·B, h, T_kv, d)``, ``p`` one probability or one per group g of the G (the
+    leading G·B rows taken g-major). The same draws and values as :func:`dropout` followed by
+    the product; in training it keeps a 1-byte mask for the backward instead of two float
+    tensors of the weights' size (the mask and the dropped weights)."""
+    p = _check("dropout_matmul.p", p)
+    if not training or p == 0.0:
+        return weights @ values
+    groups = 1 if isinstance(p, float) else len(p)
+    if weights.shape[0] % groups:
+        raise ValueError(
+            f"dropout_matmul: {groups} probabilities for a first dimension of size "
+            f"{weights.shape[0]}"
+        )
+    flat = weights.reshape(groups, -1)  # (G, B·h·T_q·T_kv), g-major like the rows
+    keep, scale = _keep_mask(flat, p)
+    keep = keep.view(weights.shape)
+    if isinstance(scale, Tensor) and scale.dim() > 0:
+        scale = scale.view(groups).repeat_interleave(weights.shape[0] // groups)
+        scale = scale.view(-1, 1, 1, 1)
+    scale = torch.as_tensor(scale, dtype=weights.dtype, device=weights.device)
+    return _DroppedProduct.apply(weights, values, keep, scale)
+
+
 class Dropout(nn.Module):
     """Module form of :func:`dropout`; ``x: (G, *)`` → ``(G, *)``.
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dicmor.nn.dropout import Dropout, dropout
+from dicmor.nn.dropout import Dropout, dropout_matmul
 from dicmor.nn.grouped import GroupedLayerNorm, GroupedLinear, grouped_linear, select_groups
 
 __all__ = [
@@ -136,7 +136,6 @@ class TransformerLayer(nn.Module):
         self.ff_norm = GroupedLayerNorm(groups, dim)
         self.fc1 = GroupedLinear(groups, dim, 4 * dim)
         self.fc2 = GroupedLinear(groups, 4 * dim, dim)
-        self.attn_drop = Dropout(self.attn_dropout)
         self.relu_dropout = Dropout(relu_dropout)
         self.res_dropout = Dropout(res_dropout)
 
@@ -181,10 +180,9 @@ class TransformerLayer(nn.Module):
                 mask = causal_mask(query_len, key_len, device=x.device)
             if mask is not None:
                 scores = scores.masked_fill(~mask, float("-inf"))
-            weights = scores.softmax(dim=-1).view(groups, -1)  # (G, B·h·T_q·T_kv)
-            weights = self.attn_drop(weights) if group is None else dropout(weights, p)
-            weights = weights.view_as(scores)
-            out = weights @ v  # (G·B, h, T_q, d/h)
+            # Dropout and the product with the values in one step that keeps a 1-byte mask
+            # for the backward instead of the float mask and the dropped weights.
+            out = dropout_matmul(scores.softmax(dim=-1), v, p)  # (G·B, h, T_q, d/h)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal
