@@ -46,9 +46,17 @@ def dropout(x: Tensor, p: float | Sequence[float], training: bool = True) -> Ten
 def _dropout(x: Tensor, p: float | tuple[float, ...], training: bool) -> Tensor:
     if not training or p == 0.0:
         return x
+    if isinstance(p, float) and x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    return x * _scaled_mask(x, p)
+
+
+def _scaled_mask(x: Tensor, p: float | tuple[float, ...]) -> Tensor:
+    """The mask that :func:`dropout` multiplies ``x: (G, *)`` by: 0 for a dropped element,
+    the inverse keep probability for a kept one, a float tensor like ``x``."""
     if isinstance(p, float):
         if x.device.type != "cpu":
-            return F.dropout(x, p, True)
+            return (torch.rand_like(x) >= p).to(x.dtype) / (1.0 - p)
         dropped = round(p * _LEVELS)
         threshold: int | Tensor = dropped - _LEVELS // 2
         scale: float | Tensor = _LEVELS / (_LEVELS - dropped)
@@ -60,8 +68,7 @@ def _dropout(x: Tensor, p: float | tuple[float, ...], training: bool) -> Tensor:
         shape = (len(p),) + (1,) * (x.dim() - 1)
         if x.device.type != "cpu":
             probability = torch.tensor(p, dtype=x.dtype, device=x.device).view(shape)
-            keep = torch.rand_like(x) >= probability
-            return x * keep.to(x.dtype) / (1.0 - probability)
+            return (torch.rand_like(x) >= probability).to(x.dtype) / (1.0 - probability)
         dropped_by_group = [round(v * _LEVELS) for v in p]
         threshold = torch.tensor(
             [d - _LEVELS // 2 for d in dropped_by_group], dtype=torch.int16
@@ -70,11 +77,12 @@ def _dropout(x: Tensor, p: float | tuple[float, ...], training: bool) -> Tensor:
             [_LEVELS / (_LEVELS - d) for d in dropped_by_group], dtype=x.dtype
         ).view(shape)
     # The comparison writes its 0/1 straight into a float tensor, and the scale goes into that
-    # mask in place: one pass over the data fewer than a bool mask cast and scaled.
+    # mask in place: one pass over the data fewer than a bool mask cast and scaled (and a
+    # product with a bool tensor is many times slower on CPU than with a float one).
     mask = torch.ge(
         _bits(x), threshold, out=torch.empty_like(x, memory_format=torch.contiguous_format)
     )
-    return x * mask.mul_(scale)
+    return mask.mul_(scale)
 
 
 def _bits(x: Tensor) -> Tensor:
@@ -85,50 +93,34 @@ def _bits(x: Tensor) -> Tensor:
     return words.view(torch.int16)[:n].view(x.shape)
 
 
-def _keep_mask(x: Tensor, p: float | tuple[float, ...]) -> tuple[Tensor, Tensor]:
-    """``(keep, scale)`` for dropping elements of ``x: (G, *)`` as :func:`dropout` does: ``keep``
-    a bool tensor like ``x`` (the same draws as :func:`dropout` on CPU), ``scale`` the factor of
-    the kept values, a scalar or one per index g (shape (G, 1, ...))."""
-    probabilities = (p,) if isinstance(p, float) else p
-    shape = (len(probabilities),) + (1,) * (x.dim() - 1) if not isinstance(p, float) else ()
-    if x.device.type != "cpu":
-        probability = torch.tensor(probabilities, dtype=x.dtype, device=x.device).view(shape)
-        return torch.rand_like(x) >= probability, 1.0 / (1.0 - probability)
-    dropped = [round(v * _LEVELS) for v in probabilities]
-    threshold = torch.tensor([d - _LEVELS // 2 for d in dropped], dtype=torch.int16).view(shape)
-    scale = torch.tensor([_LEVELS / (_LEVELS - d) for d in dropped], dtype=x.dtype).view(shape)
-    return torch.ge(_bits(x), threshold), scale
-
-
 class _DroppedProduct(torch.autograd.Function):
-    """``(weights * keep * scale) @ values``, saving the 1-byte ``keep`` instead of a float mask
-    and the dropped weights: the backward recomputes them from ``weights``, which the softmax
-    before it keeps anyway."""
+    """``(weights * mask) @ values`` that keeps ``weights``, which the softmax before it keeps
+    anyway, instead of the dropped weights: the backward recomputes them (one product)."""
 
     @staticmethod
-    def forward(ctx, weights: Tensor, values: Tensor, keep: Tensor, scale: Tensor) -> Tensor:
-        ctx.save_for_backward(weights, values, keep, scale)
-        return (weights * keep * scale) @ values
+    def forward(ctx, weights: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, values, mask)
+        return (weights * mask) @ values
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        weights, values, keep, scale = ctx.saved_tensors
+        weights, values, mask = ctx.saved_tensors
         grad_weights = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_weights = (grad @ values.transpose(-2, -1)) * keep * scale
+            grad_weights = (grad @ values.transpose(-2, -1)) * mask
         if ctx.needs_input_grad[1]:
-            grad_values = (weights * keep * scale).transpose(-2, -1) @ grad
-        return grad_weights, grad_values, None, None
+            grad_values = (weights * mask).transpose(-2, -1) @ grad
+        return grad_weights, grad_values, None
 
 
 def dropout_matmul(
     weights: Tensor, values: Tensor, p: float | Sequence[float], training: bool = True
 ) -> Tensor:
-    """``dropout(weights, p) @ values`` for attention: ``weights: (G·B, h, T_q, T_kv)``,
-    ``values: (G·B, h, T_kv, d)``, ``p`` one probability or one per group g of the G (the
-    leading G·B rows taken g-major). The same draws and values as :func:`dropout` followed by
-    the product; in training it keeps a 1-byte mask for the backward instead of two float
-    tensors of the weights' size (the mask and the dropped weights)."""
+    """``dropout(weights.view(G, -1), p).view_as(weights) @ values`` for attention:
+    ``weights: (G·B, h, T_q, T_kv)``, ``values: (G·B, h, T_kv, d)``, ``p`` one probability or
+    one per group g of the G (the leading G·B rows taken g-major). The same draws and values;
+    in training the dropped weights are not kept for the backward (a tensor of the weights'
+    size less per attention layer)."""
     p = _check("dropout_matmul.p", p)
     if not training or p == 0.0:
         return weights @ values
@@ -138,14 +130,8 @@ def dropout_matmul(
             f"dropout_matmul: {groups} probabilities for a first dimension of size "
             f"{weights.shape[0]}"
         )
-    flat = weights.reshape(groups, -1)  # (G, B·h·T_q·T_kv), g-major like the rows
-    keep, scale = _keep_mask(flat, p)
-    keep = keep.view(weights.shape)
-    if isinstance(scale, Tensor) and scale.dim() > 0:
-        scale = scale.view(groups).repeat_interleave(weights.shape[0] // groups)
-        scale = scale.view(-1, 1, 1, 1)
-    scale = torch.as_tensor(scale, dtype=weights.dtype, device=weights.device)
-    return _DroppedProduct.apply(weights, values, keep, scale)
+    mask = _scaled_mask(weights.reshape(groups, -1), p).view(weights.shape)
+    return _DroppedProduct.apply(weights, values, mask)
 
 
 class Dropout(nn.Module):
