@@ -1,5 +1,6 @@
-"""The affine maps a flow keeps between calls without gradient: reused while the parameters stay,
-rebuilt as soon as one changes (an optimiser step, a loaded state, another dtype)."""
+"""The affine maps a flow keeps between calls in eval mode without gradient: reused while the
+parameters stay, rebuilt as soon as one changes (an optimiser step, fused or not, between the
+modes; an in-place change in eval mode; a loaded state; another dtype)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_maps_kept_without_gradient_give_the_fresh_result_and_are_reused() -> No
             torch.testing.assert_close(c, a, rtol=0, atol=0)
     assert len(flow._affine_cache) == 4  # two selections, two directions
     # Reused: the cached objects are returned as they are.
-    key = (True, (1, 2), torch.float32, torch.device("cpu"))
+    key = (True, (1, 2))
     kept = flow._affine_cache[key][1]
     _cached(flow, x, [1, 2])
     assert flow._affine_cache[key][1] is kept
@@ -87,3 +88,23 @@ def test_a_loaded_state_and_another_dtype_rebuild_the_maps() -> None:
     for a, b in zip(_cached(flow, x, [0, 1]), _reference(flow, x, [0, 1]), strict=True):
         assert a.dtype == torch.float64
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_an_in_place_change_in_eval_mode_rebuilds_the_maps() -> None:
+    flow = _flow()
+    x = torch.randn(2, 4, 6, 5)
+    before = _cached(flow, x, [0, 1])
+    with torch.no_grad():
+        flow.steps[1].invconv.lower.add_(0.05)
+        flow.steps[2].actnorm.bias.sub_(0.1)
+    after = _cached(flow, x, [0, 1])
+    for a, b, c in zip(before, after, _reference(flow, x, [0, 1]), strict=True):
+        assert not torch.allclose(a, b)
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+
+
+def test_nothing_is_kept_in_training_mode() -> None:
+    flow = _flow().train()
+    with torch.no_grad():
+        flow.inverse(torch.randn(2, 4, 6, 5), group=[1, 2])
+    assert not flow._affine_cache

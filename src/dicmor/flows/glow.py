@@ -265,24 +265,48 @@ class Flow(nn.Module):
         ``points @ weight_k + shift_k`` (weight_k (G', C, C), shift_k (G', 1, C)), and the
         log-determinant they add per point ((G', 1), forward only).
 
-        Without gradient (inference, or decoding during training) the maps of a selection are
-        kept and reused for as long as the stacked parameters they came from equal the current
-        ones, value for value: building them (LU products and, for the inverse, two triangular
-        solves) costs as much as decoding one sample, and a comparison of values holds however
-        the parameters change (a fused optimiser step leaves no version count behind).
+        In eval mode without gradient (inference, validation) the maps of a selection are built
+        once and reused: building them (stacking every step's parameters, LU products and, for
+        the inverse, two triangular solves) costs as much as decoding one sample. They are
+        dropped when the mode changes, a state is loaded or the module moves (`train`,
+        `_load_from_state_dict`, `_apply`), and rebuilt when a parameter's version count
+        changes. A parameter changed in eval mode by a kernel that leaves no version count
+        (PyTorch's fused Adam) needs a mode change first, as a training loop makes anyway.
         """
-        raw = self._raw_parts(group)
-        if torch.is_grad_enabled():
-            return self._build_affine_maps(raw, inverse=inverse)
-        key = (inverse, tuple(selected_groups(self.groups, group)), raw[1].dtype, raw[1].device)
+        if self.training or torch.is_grad_enabled():
+            return self._build_affine_maps(self._raw_parts(group), inverse=inverse)
+        key = (inverse, tuple(selected_groups(self.groups, group)))
+        versions = [t._version for t in self._affine_tensors()]
         cached = self._affine_cache.get(key)
-        if cached is not None and all(
-            torch.equal(a, b) for a, b in zip(cached[0], raw, strict=True)
-        ):
+        if cached is not None and cached[0] == versions:
             return cached[1]
-        maps = self._build_affine_maps(raw, inverse=inverse)
-        self._affine_cache[key] = (raw, maps)
+        maps = self._build_affine_maps(self._raw_parts(group), inverse=inverse)
+        self._affine_cache[key] = (versions, maps)
         return maps
+
+    def _affine_tensors(self) -> list[Tensor]:
+        """The parameters and buffers the affine maps are built from."""
+        return [
+            t
+            for step in self.steps
+            for t in (
+                *step.invconv.parameters(),
+                *step.invconv.buffers(),
+                *step.actnorm.parameters(),
+            )
+        ]
+
+    def train(self, mode: bool = True) -> Flow:
+        self._affine_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._affine_cache.clear()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._affine_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _build_affine_maps(
         self, raw: tuple[Tensor, ...], *, inverse: bool
