@@ -13,9 +13,10 @@ from dicmor.data.batches import Batches
 from dicmor.data.dataset import DataError
 from dicmor.evaluation.evaluate import evaluate
 from dicmor.experiments.run import run_experiment
-from dicmor.inference import predict, read_inputs
+from dicmor.inference import _traced, predict, read_inputs
 from dicmor.missing.protocols import random_mask
 from dicmor.registry import model_names
+from dicmor.traced import ATOL, RTOL, traceable
 from dicmor.training.checkpoints import load_checkpoint
 from tests.conftest import small_config, tiny_dataset
 
@@ -136,3 +137,55 @@ def test_predict_command_writes_csv_and_recovered_features(trained, tmp_path: Pa
         return
     with np.load(rec) as features:
         assert features["text"].shape[0] == len(split)
+
+
+def test_fast_predict_gives_the_plain_forwards_predictions(trained, caplog) -> None:
+    """Traced graphs, one per missing pattern and batch size, for every method they apply to;
+    the same predictions and features within the stated tolerance, in the input order."""
+    result, data = trained
+    model = result.model
+    split = data.splits["test"]
+    mask = random_mask(split.present, 0.4, np.random.default_rng(5))
+    inputs = {m: split.modalities[m] for m in data.modality_names}
+    present = {m: mask[:, j] for j, m in enumerate(data.modality_names)}
+    features = has_features(model, data)
+    plain = predict(model, inputs, present, ids=split.ids, batch_size=8, return_features=features)
+    with caplog.at_level("WARNING", logger="dicmor.traced"):
+        fast = predict(
+            model, inputs, present, ids=split.ids, batch_size=8, return_features=features, fast=True
+        )
+    np.testing.assert_allclose(fast.scores, plain.scores, rtol=RTOL, atol=ATOL)
+    assert (fast.ids == plain.ids).all() and (fast.available == mask).all()
+    for m in data.modality_names if features else ():
+        np.testing.assert_allclose(fast.features[m], plain.features[m], rtol=RTOL, atol=ATOL)
+    traced = _traced(model)
+    if not traceable(model):
+        assert traced.builds == 0  # batches by context (GCNet's videos): the plain forward
+        return
+    # Every kind of batch traced and kept: none fell back to the plain forward.
+    assert traced.builds == len(traced._graphs) > 0 and not traced.fallbacks, traced.fallbacks
+    assert not caplog.records
+    # Built once and reused: a second call of known kinds of batch builds nothing.
+    builds = traced.builds
+    again = predict(model, inputs, present, ids=split.ids, batch_size=8, fast=True)
+    np.testing.assert_array_equal(again.scores, fast.scores)
+    assert traced.builds == builds
+
+
+def test_fast_predict_answers_one_clip_at_a_time(trained) -> None:
+    """The deployment case: clips arrive one by one with audio missing; one graph serves them
+    all, and its predictions follow each clip's values (nothing taken for a constant)."""
+    result, data = trained
+    model = result.model
+    if not traceable(model):
+        return  # covered above: such methods run the plain forward
+    split = data.splits["test"]
+    names = data.modality_names
+    present = {m: np.array([m != "audio"]) for m in names}
+    before = _traced(model).builds
+    for i in range(4):
+        clip = {m: split.modalities[m][i : i + 1] for m in names if m != "audio"}
+        fast = predict(model, clip, present, batch_size=1, fast=True)
+        plain = predict(model, clip, present, batch_size=1)
+        np.testing.assert_allclose(fast.scores, plain.scores, rtol=RTOL, atol=ATOL)
+    assert _traced(model).builds == before + 1

@@ -135,7 +135,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     device = resolve_device(args.device or "cpu")
     model, _ = load_checkpoint(args.run, device)
     result = predict(
-        model, **read_inputs(args.inputs), device=device, return_features=args.recovered is not None
+        model,
+        **read_inputs(args.inputs),
+        device=device,
+        return_features=args.recovered is not None,
+        fast=args.fast,
     )
     write_predictions(result, args.out, model.info.modality_names)
     print(f"{len(result.ids)} predictions written to {args.out}")
@@ -354,6 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--recovered", help="also write the features, recovered entries filled, to this .npz"
     )
     pr.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    pr.add_argument(
+        "--fast",
+        action="store_true",
+        help="run batches as traced graphs, one per missing pattern (built in seconds each; "
+        "pays off on large inputs of few patterns)",
+    )
     pr.set_defaults(func=cmd_predict)
 
     for name, func in (("demo", cmd_demo), ("sweep", cmd_sweep)):

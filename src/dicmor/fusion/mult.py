@@ -214,7 +214,9 @@ class MulT(nn.Module):
         self._check(features)
         names = self.modality_names
         num = len(names)
-        if len({features[name].shape[2] for name in names}) > 1:
+        # Lengths compared as ints: a traced size is a tensor, and distinct tensors of one value
+        # would count as distinct lengths.
+        if len({int(features[name].shape[2]) for name in names}) > 1:
             return self._representation_by_group(features)
         sequences = torch.stack([features[name].transpose(1, 2) for name in names])  # (M, B, T, d)
         crossed = self.crossmodal(

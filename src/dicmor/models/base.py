@@ -148,6 +148,18 @@ class MultimodalModel(nn.Module, abc.ABC):
         self.options: Any = None
         if self.name in registry.method_config_types():
             self.options = config.options_for(self.name)
+        # Counts the switches to training mode and the moves and casts: what was derived from
+        # the weights in eval mode (traced inference graphs) is stale after either.
+        self.revision = 0
+
+    def train(self, mode: bool = True) -> MultimodalModel:
+        if mode:
+            self.revision += 1
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MultimodalModel:
+        self.revision += 1
+        return super()._apply(fn, recurse)
 
     def batching(self) -> Batching:
         """How batches are made for this method, in training, evaluation and prediction: by

@@ -1,0 +1,156 @@
+"""Traced inference graphs: reused per signature, rebuilt when the model changes, and the plain
+forward wherever a graph would not give the plain forward's outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import build_model_for, small_config, tiny_dataset
+from torch import nn
+
+from dicmor.data.batches import Batches
+from dicmor.data.dataset import Split
+from dicmor.inference import by_pattern
+from dicmor.models.base import DataInfo, MultimodalModel
+from dicmor.traced import ATOL, RTOL, TracedForward
+
+
+def batches(data, mask: np.ndarray, size: int) -> list[dict]:
+    split = data.splits["test"]
+    return list(Batches(split, data.modality_names, mask, size, with_labels=False))
+
+
+@pytest.fixture
+def zero_fill():
+    model, data = build_model_for("zero_fill")
+    return model.eval(), data
+
+
+def test_one_graph_per_signature_reused_and_equal_to_the_forward(zero_fill) -> None:
+    model, data = zero_fill
+    traced = TracedForward(model)
+    split = data.splits["test"]
+    mask = split.present.copy()
+    mask[:, 1] = False
+    first, second = batches(data, mask, 2)[:2]
+    with torch.no_grad():
+        for batch in (first, second, first):
+            out, plain = traced(batch), model(batch)
+            torch.testing.assert_close(out["prediction"], plain["prediction"], rtol=RTOL, atol=ATOL)
+            for m in data.modality_names:
+                torch.testing.assert_close(out["features"][m], plain["features"][m])
+    assert traced.builds == 1 and not traced.fallbacks
+    other = mask.copy()
+    other[:, 2] = False
+    traced(batches(data, other, 2)[0])  # another pattern: another graph
+    traced(batches(data, mask, 3)[0])  # another size: another graph
+    assert traced.builds == 3
+
+
+def test_graphs_are_rebuilt_when_the_weights_or_the_mode_change(zero_fill) -> None:
+    model, data = zero_fill
+    traced = TracedForward(model)
+    batch = batches(data, data.splits["test"].present, 4)[0]
+    before = traced(batch)["prediction"]
+    with torch.no_grad():
+        model.fusion.head.bias.add_(1.0)  # in place: the version counter moves
+    after = traced(batch)["prediction"]
+    assert traced.builds == 2
+    torch.testing.assert_close(after, model(batch)["prediction"])
+    assert not torch.allclose(after, before)
+    # A fused optimiser step bumps no version; the switch to training mode before it counts.
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1, fused=True)
+    model.train()
+    model.loss(model(batch | {"label": torch.ones(4)}), batch | {"label": torch.ones(4)})[
+        "total"
+    ].backward()
+    optimizer.step()
+    model.eval()
+    torch.testing.assert_close(traced(batch)["prediction"], model(batch)["prediction"])
+    assert traced.builds == 3
+    state = {k: v + 0.5 for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    torch.testing.assert_close(traced(batch)["prediction"], model(batch)["prediction"])
+    assert traced.builds == 4
+    model.train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        traced(batch)
+
+
+def test_at_most_max_graphs_are_kept(zero_fill) -> None:
+    model, data = zero_fill
+    traced = TracedForward(model, max_graphs=2)
+    present = data.splits["test"].present
+    for size in (1, 2, 3, 1):
+        traced(batches(data, present, size)[0])
+    assert traced.builds == 4 and len(traced._graphs) == 2
+    with pytest.raises(ValueError, match="max_graphs"):
+        TracedForward(model, max_graphs=0)
+
+
+class ValueBranch(MultimodalModel):
+    """A forward that takes a Python decision on a value: its trace would keep the number of
+    the batch it was built on."""
+
+    name = "value_branch"
+
+    def __init__(self, info: DataInfo) -> None:
+        super().__init__(info, small_config("zero_fill").model)
+        self.linear = nn.Linear(info.feature_dims["text"], 1)
+
+    def forward(self, batch: dict) -> dict:
+        out = self.linear(batch["inputs"]["text"].mean(dim=1)).squeeze(-1)  # (B,)
+        return {"prediction": out * float(out.abs().sum())}
+
+
+def test_a_graph_that_keeps_a_value_as_a_constant_falls_back(caplog) -> None:
+    data = tiny_dataset()
+    model = ValueBranch(DataInfo.from_dataset(data)).eval()
+    traced = TracedForward(model)
+    first = batches(data, data.splits["test"].present, 4)[0]
+    second = first | {"inputs": {m: 2 * x + 1 for m, x in first["inputs"].items()}}
+    with caplog.at_level("WARNING", logger="dicmor.traced"), torch.no_grad():
+        for batch in (first, second):
+            torch.testing.assert_close(traced(batch)["prediction"], model(batch)["prediction"])
+    (reason,) = traced.fallbacks.values()
+    assert "differs from the forward's" in reason
+    assert traced.builds == 1 and "plain forward" in caplog.text
+
+
+def test_a_forward_that_cannot_be_traced_runs_as_it_is(zero_fill, monkeypatch) -> None:
+    model, data = zero_fill
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot trace this\nsecond line")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    traced = TracedForward(model)
+    batch = batches(data, data.splits["test"].present, 4)[0]
+    torch.testing.assert_close(traced(batch)["prediction"], model(batch)["prediction"])
+    assert list(traced.fallbacks.values()) == ["not traceable (RuntimeError: cannot trace this)"]
+
+
+def test_by_pattern_batches_each_hold_one_pattern_and_every_sample_once() -> None:
+    rng = np.random.default_rng(0)
+    present = rng.random((30, 3)) < 0.6
+    present[:, 0] |= ~present.any(axis=1)
+    split = Split(
+        modalities={"a": np.zeros((30, 1, 1), np.float32)},
+        labels=np.zeros(30, np.float32),
+        ids=np.array([str(i) for i in range(30)]),
+        present=present,
+    )
+    order = rng.permutation(30)
+    runs = by_pattern(split, order, 4)
+    assert np.array_equal(np.sort(np.concatenate(runs)), np.arange(30))
+    for run in runs:
+        assert 1 <= len(run) <= 4
+        assert (present[run] == present[run[0]]).all()
+    # Within a pattern the samples keep the order they came in.
+    position = {row: i for i, row in enumerate(order)}
+    for run in runs:
+        assert [position[r] for r in run] == sorted(position[r] for r in run)
+    assert len(runs) == sum(
+        -(-int((present == p).all(axis=1).sum()) // 4) for p in np.unique(present, axis=0)
+    )
