@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.conftest import build_model_for, small_config, tiny_dataset
 from torch import nn
 
 from dicmor.data.batches import Batches
@@ -14,6 +13,7 @@ from dicmor.data.dataset import Split
 from dicmor.inference import by_pattern
 from dicmor.models.base import DataInfo, MultimodalModel
 from dicmor.traced import ATOL, RTOL, TracedForward
+from tests.conftest import build_model_for, small_config, tiny_dataset
 
 
 def batches(data, mask: np.ndarray, size: int) -> list[dict]:
