@@ -3,6 +3,8 @@
 Each case runs in its own process so that peak resident memory is its own. Inputs are random
 tensors of MOSI / MOSEI shape (T = 50; text 768, audio 5 / 74, vision 20 / 35); "kept" is the
 number of available modalities (the others are recovered). Medians over repeated passes.
+Batch-1 inference is timed with the plain forward and with the traced one (`dicmor.traced`,
+what ``predict(fast=True)`` runs).
 
 Usage: python benchmarks/speed.py [--threads 2] [--repeats 5] [--device cpu]
        python benchmarks/speed.py --before COMMIT [--rounds 2]   (make bench BEFORE=COMMIT)
@@ -99,6 +101,17 @@ def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
         with torch.no_grad():
             latency[size] = timed(lambda b=small: model(b), repeats, device)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    traced_b1 = None
+    try:
+        from dicmor.traced import TracedForward
+    except ImportError:  # code from before the traced inference path
+        pass
+    else:
+        traced = TracedForward(model)
+        small = make_batch(dims, 1, kept, device)
+        traced_b1 = timed(lambda: traced(small), repeats, device)
+        if traced.fallbacks:
+            raise RuntimeError(f"traced forward fell back: {traced.fallbacks}")
     return {
         "dataset": dataset,
         "batch": BATCH[dataset],
@@ -107,6 +120,7 @@ def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
         "samples_per_s": BATCH[dataset] / step,
         "infer_b1_ms": 1000 * latency[1],
         "infer_b32_ms": 1000 * latency[32],
+        "infer_b1_traced_ms": None if traced_b1 is None else 1000 * traced_b1,
         "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
         "peak_rss_MiB": peak_mib,
         "cuda_peak_MiB": torch.cuda.max_memory_allocated() / 2**20
@@ -139,7 +153,9 @@ def _worktree(commit: str, folder: Path) -> Path:
     return folder / "src"
 
 
-COLUMNS = ("train_step_ms", "infer_b1_ms", "infer_b32_ms", "peak_rss_MiB")
+COLUMNS = ("train_step_ms", "infer_b1_ms", "infer_b1_traced_ms", "infer_b32_ms", "peak_rss_MiB")
+"""Peak memory is read before the traced forward is built. Code from before the traced path
+has no traced figure; its plain batch-1 latency stands in, marked *."""
 
 
 def compare(commit: str, args: argparse.Namespace) -> None:
@@ -167,9 +183,14 @@ def compare(commit: str, args: argparse.Namespace) -> None:
                 runs["after"].append(_case(case, args, after_source))
             cells = []
             for column in COLUMNS:
-                old = statistics.median(r[column] for r in runs["before"])
+                mark = ""
+                if runs["before"][0].get(column) is None:  # no traced path before
+                    column_before, mark = "infer_b1_ms", "*"
+                else:
+                    column_before = column
+                old = statistics.median(r[column_before] for r in runs["before"])
                 new = statistics.median(r[column] for r in runs["after"])
-                cells.append(f"{old:8.1f} / {new:7.1f} ({old / new:4.2f}x)")
+                cells.append(f"{old:7.1f}{mark:1s} / {new:7.1f} ({old / new:4.2f}x)")
             print(f"{dataset:6s} kept={kept}  " + "  ".join(f"{c:>24s}" for c in cells))
     finally:
         subprocess.run(
@@ -200,14 +221,18 @@ def main() -> None:
         compare(args.before, args)
         return
     print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}")
-    header = "case          step ms  samples/s  infer b1 ms  infer b32 ms  params M  peak MiB"
+    header = (
+        "case          step ms  samples/s  infer b1 ms  b1 traced ms  infer b32 ms  params M"
+        "  peak MiB"
+    )
     print(header)
     for case in args.cases:
         dataset, kept = case.split(":")
         r = _case(case, args)
         print(
             f"{dataset:6s} kept={kept}  {r['train_step_ms']:7.1f}  {r['samples_per_s']:9.1f}"
-            f"  {r['infer_b1_ms']:11.1f}  {r['infer_b32_ms']:12.1f}  {r['params_M']:8.2f}"
+            f"  {r['infer_b1_ms']:11.1f}  {r['infer_b1_traced_ms']:12.1f}"
+            f"  {r['infer_b32_ms']:12.1f}  {r['params_M']:8.2f}"
             f"  {r['peak_rss_MiB']:8.0f}"
         )
 
