@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dicmor.nn import TransformerEncoder, TransformerLayer, causal_mask, sinusoidal_positions
+from dicmor.nn import (
+    TransformerEncoder,
+    TransformerLayer,
+    causal_mask,
+    sinusoidal_positions,
+    transformer,
+)
 from dicmor.nn.grouped import (
     GroupedLayerNorm,
     GroupedLinear,
@@ -54,9 +60,15 @@ def _reference_layer(layer: TransformerLayer, x: torch.Tensor, src: torch.Tensor
     return y + F.linear(hidden, layer.fc2.weight[0].T, layer.fc2.bias[0])
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("attn_mask", [False, True])
 @pytest.mark.parametrize("source_len", [None, 5, 11])
-def test_layer_matches_reference_attention(attn_mask: bool, source_len: int | None) -> None:
+def test_layer_matches_reference_attention(
+    attn_mask: bool, source_len: int | None, fused: bool, monkeypatch
+) -> None:
+    # Small attention on CPU is written out; the fused kernel runs above the threshold.
+    if fused:
+        monkeypatch.setattr(transformer, "WRITTEN_OUT_CPU_SCORES", 0)
     torch.manual_seed(0)
     layer = TransformerLayer(16, 4, attn_mask=attn_mask).eval()
     x = torch.randn(2, 7, 16)
@@ -180,15 +192,27 @@ def test_grouped_encoder_equals_separate_encoders(attn_mask: bool, cross: bool) 
         torch.testing.assert_close(alone, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_attention_dropout_is_per_group() -> None:
+@pytest.mark.parametrize("attn_mask", [False, True])
+@pytest.mark.parametrize("source_len", [None, 4, 9])
+def test_attention_dropout_is_per_group(attn_mask: bool, source_len: int | None) -> None:
     torch.manual_seed(0)
     encoder = TransformerEncoder(
-        16, 4, 2, attn_dropout=[0.0, 0.5], relu_dropout=0.0, res_dropout=0.0, groups=2
+        16,
+        4,
+        2,
+        attn_dropout=[0.0, 0.5],
+        relu_dropout=0.0,
+        res_dropout=0.0,
+        attn_mask=attn_mask,
+        groups=2,
     )
     x = torch.randn(2, 3, 6, 16)
-    first, second = encoder(x), encoder(x)
+    source = None if source_len is None else torch.randn(2, 3, source_len, 16)
+    first, second = encoder(x, source), encoder(x, source)
     encoder.eval()
-    reference = encoder(x)
+    # The training path writes attention out (scaled product, mask, softmax, dropout); the
+    # evaluation path is PyTorch's fused attention.
+    reference = encoder(x, source)
     # Group 0 has no dropout at all; group 1 drops attention weights in training only.
     torch.testing.assert_close(first[0], reference[0])
     torch.testing.assert_close(second[0], reference[0])

@@ -70,6 +70,13 @@ def causal_mask(query_len: int, key_len: int, device: torch.device | None = None
     return torch.ones(query_len, key_len, dtype=torch.bool, device=device).tril(offset)
 
 
+WRITTEN_OUT_CPU_SCORES = 2**19
+"""On CPU, attention with at most this many scores (batch·heads·T_q·T_kv) is written out as
+scaled product, softmax and product rather than run by the fused kernel: measured on a 2-core
+AMD EPYC (torch 2.13, T = 50), the written-out form takes 0.6–0.8 of the fused kernel's time
+up to about 5·10^5 scores (MulT at batch 1 to 4) and 1.5 times it at 2·10^6 (batch 32)."""
+
+
 def _per_group(owner: str, value: float | Sequence[float], groups: int) -> tuple[float, ...]:
     values = (float(value),) * groups if isinstance(value, (int, float)) else tuple(value)
     if len(values) != groups:
@@ -144,6 +151,24 @@ class TransformerLayer(nn.Module):
         x = x.reshape(groups * batch, length, self.num_heads, self.head_dim)
         return x.transpose(1, 2)  # (G·B, h, T, d/h)
 
+    def _scores(self, q: Tensor, k: Tensor, mask: Tensor | None) -> Tensor:
+        """Scaled dot products ``(G·B, h, T_q, T_kv)`` of ``q: (G·B, h, T_q, d/h)`` and
+        ``k: (G·B, h, T_kv, d/h)``, -inf where ``mask`` (T_q, T_kv) hides a key."""
+        scale = self.head_dim**-0.5
+        if mask is None:
+            return (q * scale) @ k.transpose(-2, -1)
+        # The mask enters as the additive term of one scaled product: no pass over the scores
+        # to hide the future, forward or backward.
+        hidden = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+        hidden = hidden.masked_fill_(~mask, float("-inf"))  # (T_q, T_kv)
+        heads, query_len, key_len = q.shape[:2], q.shape[2], k.shape[2]
+        return torch.baddbmm(
+            hidden,
+            q.reshape(-1, query_len, self.head_dim),
+            k.reshape(-1, key_len, self.head_dim).transpose(1, 2),
+            alpha=scale,
+        ).view(*heads, query_len, key_len)
+
     def _attend(
         self, x: Tensor, x_kv: Tensor | None, weight: Tensor, bias: Tensor, group: int | None
     ) -> Tensor:
@@ -171,18 +196,21 @@ class TransformerLayer(nn.Module):
                 mask = causal_mask(query_len, key_len, device=x.device)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         p = self.attn_dropout if group is None else self.attn_dropout[group : group + 1]
-        if self.training and any(p):
-            # Written out so that the attention weights go through the cheaper CPU dropout (one
-            # probability per group); PyTorch's fused kernels take no dropout on CPU and fall
-            # back to a slower path.
-            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (G·B, h, T_q, T_kv)
+        dropped = self.training and any(p)
+        small = x.device.type == "cpu" and q.shape[0] * q.shape[1] * query_len * key_len <= (
+            WRITTEN_OUT_CPU_SCORES
+        )
+        if dropped or small:
+            # Written out: so that the attention weights go through the cheaper CPU dropout
+            # (one probability per group; PyTorch's fused kernels take no dropout on CPU and
+            # fall back to a slower path), or because at a few heads' worth of scores the
+            # fused CPU kernel costs more than the three products it fuses.
             if is_causal:
                 mask = causal_mask(query_len, key_len, device=x.device)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = self._scores(q, k, mask).softmax(dim=-1)  # (G·B, h, T_q, T_kv)
             # Dropout and the product with the values in one step that keeps a 1-byte mask
             # for the backward instead of the float mask and the dropped weights.
-            out = dropout_matmul(scores.softmax(dim=-1), v, p)  # (G·B, h, T_q, d/h)
+            out = dropout_matmul(weights, v, p) if dropped else weights @ v  # (G·B, h, T_q, d/h)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal
