@@ -3,6 +3,9 @@ forward wherever a graph would not give the plain forward's outputs."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +13,7 @@ from torch import nn
 
 from dicmor.data.batches import Batches
 from dicmor.data.dataset import Split
-from dicmor.inference import by_pattern
+from dicmor.inference import _traced, by_pattern, predict
 from dicmor.models.base import DataInfo, MultimodalModel
 from dicmor.traced import ATOL, RTOL, TracedForward
 from tests.conftest import build_model_for, small_config, tiny_dataset
@@ -154,3 +157,14 @@ def test_by_pattern_batches_each_hold_one_pattern_and_every_sample_once() -> Non
     assert len(runs) == sum(
         -(-int((present == p).all(axis=1).sum()) // 4) for p in np.unique(present, axis=0)
     )
+
+
+def test_the_graphs_kept_for_predict_do_not_keep_the_model_alive() -> None:
+    model, data = build_model_for("zero_fill")
+    split = data.splits["test"]
+    out = predict(model.eval(), dict(split.modalities), batch_size=4, fast=True)
+    assert len(out.scores) == len(split) and _traced(model).builds > 0
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

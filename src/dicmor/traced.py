@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,15 +114,24 @@ class TracedForward:
     def __init__(self, model: MultimodalModel, max_graphs: int = 64) -> None:
         if max_graphs < 1:
             raise ValueError(f"TracedForward.max_graphs: must be >= 1, got {max_graphs}")
-        self.model = model
+        # Held weakly: a model's graphs may be kept in a map keyed by the model (as `predict`
+        # keeps them), which must not keep the model alive. The graphs hold no reference to it.
+        self._model = weakref.ref(model)
         self.max_graphs = max_graphs
         self.enabled = traceable(model)
-        self._wrappers = {flag: _Inputs(model, flag).eval() for flag in (False, True)}
         self._graphs: dict[tuple, torch.jit.ScriptModule | None] = {}
         self._state: tuple | None = None
         self._tensors: tuple[int, list[Tensor]] | None = None
         self.builds = 0
         self.fallbacks: dict[tuple, str] = {}
+
+    @property
+    def model(self) -> MultimodalModel:
+        """The model the graphs were built from."""
+        model = self._model()
+        if model is None:
+            raise RuntimeError("TracedForward: its model no longer exists")
+        return model
 
     def _model_state(self) -> tuple:
         """What the graphs' constants were taken from: the model's revision (training mode, a
@@ -198,7 +208,8 @@ class TracedForward:
             self._graphs.clear()
             self._state = state
         key = (with_text_bert, *self._signature(tensors))
-        wrapper = self._wrappers[with_text_bert]
+        wrapper = _Inputs(model, with_text_bert)
+        wrapper.training = False  # as the model (eval() would walk every module)
         if key not in self._graphs:
             self._build(key, tensors, wrapper)
         graph = self._graphs[key]
