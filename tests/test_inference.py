@@ -189,3 +189,23 @@ def test_fast_predict_answers_one_clip_at_a_time(trained) -> None:
         plain = predict(model, clip, present, batch_size=1)
         np.testing.assert_allclose(fast.scores, plain.scores, rtol=RTOL, atol=ATOL)
     assert _traced(model).builds == before + 1
+
+
+def test_predict_command_with_fast_writes_the_same_csv(trained, tmp_path: Path) -> None:
+    result, data = trained
+    split = data.splits["test"]
+    path = tmp_path / "new.npz"
+    present = {
+        f"present/{m}": np.arange(len(split)) % 3 != j for j, m in enumerate(data.modality_names)
+    }
+    np.savez(path, id=split.ids, **split.modalities, **present)
+    plain, fast = tmp_path / "plain.csv", tmp_path / "fast.csv"
+    command = ["predict", str(result.run_dir), str(path)]
+    assert main([*command, "--out", str(plain)]) == 0
+    assert main([*command, "--out", str(fast), "--fast"]) == 0
+    rows = [line.split(",") for line in plain.read_text().splitlines()]
+    fast_rows = [line.split(",") for line in fast.read_text().splitlines()]
+    assert [r[:1] + r[2:] for r in fast_rows] == [r[:1] + r[2:] for r in rows]  # ids, flags
+    np.testing.assert_allclose(
+        [float(r[1]) for r in fast_rows[1:]], [float(r[1]) for r in rows[1:]], atol=2e-5
+    )
