@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from dicmor import inference
 from dicmor.cli import main
 from dicmor.data.batches import Batches
 from dicmor.data.dataset import DataError
@@ -191,8 +192,14 @@ def test_fast_predict_answers_one_clip_at_a_time(trained) -> None:
     assert _traced(model).builds == before + 1
 
 
-def test_predict_command_with_fast_writes_the_same_csv(trained, tmp_path: Path) -> None:
+def test_predict_command_with_fast_writes_the_same_csv(
+    trained, tmp_path: Path, monkeypatch
+) -> None:
     result, data = trained
+    # The command's model is its own, loaded from the run: seen through the traced forwards
+    # that predict asks for.
+    asked = []
+    monkeypatch.setattr(inference, "_traced", lambda m: asked.append(m) or _traced(m))
     split = data.splits["test"]
     path = tmp_path / "new.npz"
     present = {
@@ -202,7 +209,9 @@ def test_predict_command_with_fast_writes_the_same_csv(trained, tmp_path: Path) 
     plain, fast = tmp_path / "plain.csv", tmp_path / "fast.csv"
     command = ["predict", str(result.run_dir), str(path)]
     assert main([*command, "--out", str(plain)]) == 0
+    assert not asked
     assert main([*command, "--out", str(fast), "--fast"]) == 0
+    assert len(asked) == int(traceable(result.model))
     rows = [line.split(",") for line in plain.read_text().splitlines()]
     fast_rows = [line.split(",") for line in fast.read_text().splitlines()]
     assert [r[:1] + r[2:] for r in fast_rows] == [r[:1] + r[2:] for r in rows]  # ids, flags

@@ -135,16 +135,12 @@ class TracedForward:
 
     def _model_state(self) -> tuple:
         """What the graphs' constants were taken from: the model's revision (training mode, a
-        move, a cast), the mode, and every parameter's and buffer's storage and version."""
+        move, a cast) and every parameter's and buffer's storage and version."""
         model = self.model
         if self._tensors is None or self._tensors[0] != model.revision:
             self._tensors = (model.revision, [*model.parameters(), *model.buffers()])
         revision, tensors = self._tensors
-        return (
-            model.training,
-            revision,
-            tuple((t.data_ptr(), t._version) for t in tensors),
-        )
+        return revision, tuple((t.data_ptr(), t._version) for t in tensors)
 
     @staticmethod
     def _signature(tensors: Sequence[Tensor]) -> tuple:
