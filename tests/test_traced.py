@@ -168,3 +168,24 @@ def test_the_graphs_kept_for_predict_do_not_keep_the_model_alive() -> None:
     del model
     gc.collect()
     assert alive() is None
+
+
+def test_a_graph_reads_no_sizes_and_takes_what_the_model_keeps_as_constants() -> None:
+    model, data = build_model_for("dicmor")
+    model.eval()
+    mask = data.splits["test"].present.copy()
+    mask[:, 1:] = False  # text alone: encode, decode two modalities, refine them
+    batch = batches(data, mask, 2)[0]
+    traced = TracedForward(model)
+    with torch.no_grad():
+        out, plain = traced(batch), model(batch)
+    torch.testing.assert_close(out["prediction"], plain["prediction"], rtol=RTOL, atol=ATOL)
+    (graph,) = traced._graphs.values()
+    kinds = [node.kind() for node in graph.graph.nodes()]
+    # The shapes are the signature's: no size is read at run time ...
+    assert "aten::size" not in kinds
+    # ... and what the model keeps between eval calls (the flows' inference maps, MulT's
+    # position table) was built before tracing, not recorded into the graph to run per call.
+    assert "aten::linalg_solve_triangular" not in kinds
+    assert "aten::sin" not in kinds and "aten::arange" not in kinds
+    assert kinds.count("aten::cat") <= 4  # the features' refinement im2col and recovery only

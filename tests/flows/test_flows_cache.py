@@ -1,13 +1,14 @@
-"""The affine maps a flow keeps between calls in eval mode without gradient: reused while the
-parameters stay, rebuilt as soon as one changes (an optimiser step, fused or not, between the
-modes; an in-place change in eval mode; a loaded state; another dtype)."""
+"""The inference path of a flow (eval mode without gradient): the step tensors it keeps between
+calls are reused while the parameters stay and rebuilt as soon as one changes (an optimiser step,
+fused or not, between the modes; an in-place change in eval mode; a loaded state; another
+dtype); it computes the training path's function to rounding (`INFERENCE_RTOL`)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dicmor.flows.glow import Flow
+from dicmor.flows.glow import INFERENCE_ATOL, INFERENCE_RTOL, Flow
 
 
 def _flow() -> Flow:
@@ -44,8 +45,8 @@ def test_maps_kept_without_gradient_give_the_fresh_result_and_are_reused() -> No
         first = _cached(flow, x, group)
         again = _cached(flow, x, group)
         for a, b, c in zip(expected, first, again, strict=True):
-            torch.testing.assert_close(b, a, rtol=0, atol=0)
-            torch.testing.assert_close(c, a, rtol=0, atol=0)
+            torch.testing.assert_close(b, a, rtol=INFERENCE_RTOL, atol=INFERENCE_ATOL)
+            torch.testing.assert_close(c, a, rtol=INFERENCE_RTOL, atol=INFERENCE_ATOL)
     assert len(flow._affine_cache) == 4  # two selections, two directions
     # Reused: the cached objects are returned as they are.
     key = (True, (1, 2))
@@ -70,7 +71,7 @@ def test_an_optimiser_step_rebuilds_the_maps(fused: bool) -> None:
     expected = _reference(flow, x, [1, 2])
     for a, b, c in zip(before, after, expected, strict=True):
         assert not torch.allclose(a, b)
-        torch.testing.assert_close(b, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, c, rtol=INFERENCE_RTOL, atol=INFERENCE_ATOL)
 
 
 def test_a_loaded_state_and_another_dtype_rebuild_the_maps() -> None:
@@ -82,12 +83,12 @@ def test_a_loaded_state_and_another_dtype_rebuild_the_maps() -> None:
     _cached(flow, x, [0, 1])
     flow.load_state_dict(other.state_dict())
     for a, b in zip(_cached(flow, x, [0, 1]), _reference(other, x, [0, 1]), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=INFERENCE_RTOL, atol=INFERENCE_ATOL)
     flow.double()
     x = x.double()
     for a, b in zip(_cached(flow, x, [0, 1]), _reference(flow, x, [0, 1]), strict=True):
         assert a.dtype == torch.float64
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=INFERENCE_RTOL, atol=INFERENCE_ATOL)
 
 
 def test_an_in_place_change_in_eval_mode_rebuilds_the_maps() -> None:
@@ -100,7 +101,7 @@ def test_an_in_place_change_in_eval_mode_rebuilds_the_maps() -> None:
     after = _cached(flow, x, [0, 1])
     for a, b, c in zip(before, after, _reference(flow, x, [0, 1]), strict=True):
         assert not torch.allclose(a, b)
-        torch.testing.assert_close(b, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, c, rtol=INFERENCE_RTOL, atol=INFERENCE_ATOL)
 
 
 def test_nothing_is_kept_in_training_mode() -> None:
@@ -108,3 +109,28 @@ def test_nothing_is_kept_in_training_mode() -> None:
     with torch.no_grad():
         flow.inverse(torch.randn(2, 4, 6, 5), group=[1, 2])
     assert not flow._affine_cache
+
+
+@pytest.mark.parametrize("channels", [5, 32])
+def test_the_inference_path_is_the_training_function_and_leaves_its_input(channels: int) -> None:
+    # At the published depth, with conditioners far from their zero start.
+    torch.manual_seed(1)
+    flow = Flow(channels, 32, "glow", 64, groups=3)
+    flow(torch.randn(3, 6, channels, 9))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    flow.eval()
+    x = torch.randn(2, 3, channels, 9)
+    keep = x.clone()
+    for group in ([0, 1], [1, 2]):
+        expected = _reference(flow, x, group)
+        got = _cached(flow, x, group)
+        assert torch.equal(x, keep)  # the couplings update copies in place, not the input
+        for a, b in zip(expected, got, strict=True):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(b, a, rtol=INFERENCE_RTOL, atol=INFERENCE_ATOL)
+    # The inverse of the inference path undoes its forward.
+    with torch.no_grad():
+        z, _ = flow(x, group=[0, 1])
+        torch.testing.assert_close(flow.inverse(z, group=[0, 1]), x, rtol=0.0, atol=1e-4)

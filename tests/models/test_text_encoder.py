@@ -198,3 +198,25 @@ def test_tokens_of_unavailable_text_change_no_prediction(
     assert not torch.allclose(
         moved[~torch.from_numpy(hidden)], reference[~torch.from_numpy(hidden)]
     )
+
+
+def test_text_missing_from_a_whole_batch_is_not_encoded_in_evaluation(
+    data: MultimodalDataset, bert_dir: Path
+) -> None:
+    model = build("dicmor", data, bert_dir)
+    model.eval()
+    calls = [0]
+    model.extractors.text_encoder.register_forward_hook(
+        lambda *_: calls.__setitem__(0, calls[0] + 1)
+    )
+    available = data.splits["test"].present.copy()
+    available[:, 0] = False
+    with torch.no_grad():
+        skipped = model(one_batch(data, "test", available))
+        assert calls[0] == 0
+        available[0, 0] = True
+        encoded = model(one_batch(data, "test", available))
+        assert calls[0] == 1
+    torch.testing.assert_close(
+        skipped["prediction"][1:], encoded["prediction"][1:], rtol=1e-5, atol=1e-6
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dicmor.flows.actnorm import ActNorm, selected_groups
@@ -21,6 +22,11 @@ from dicmor.flows.invconv import InvertibleConv1x1, lu_factors
 from dicmor.nn.grouped import GroupSelection, select_groups
 
 StepType = Literal["glow", "coupling-only"]
+INFERENCE_RTOL = 1e-4
+INFERENCE_ATOL = 1e-5
+"""How far the glow inference path (eval mode, no gradient: `Flow._fused_forward`,
+`Flow._fused_inverse`) may be from the training path's function: the same products,
+associated differently, so they agree to float rounding accumulated over the steps."""
 _INVCONV_TENSORS = ("permutation", "lower", "upper", "sign_s", "log_abs_s")
 
 
@@ -140,7 +146,7 @@ class Flow(nn.Module):
         self.groups = groups
         step_cls = _STEPS[step_type]
         self.steps = nn.ModuleList(step_cls(channels, hidden, groups) for _ in range(num_steps))
-        # Affine maps built without gradient, by (direction, groups): see `_affine_maps`.
+        # Inference step tensors by (direction, groups): see `_fused_steps`.
         self._affine_cache: dict[tuple, tuple] = {}
 
     def _points(self, x: Tensor, group: GroupSelection) -> Tensor:
@@ -225,7 +231,9 @@ class Flow(nn.Module):
                 for step in self.steps:
                     h, _ = step(h, group, point_mask)
         logdets = []
-        if self.step_type == "glow":
+        if self.step_type == "glow" and not (self.training or torch.is_grad_enabled()):
+            points, logdet = self._fused_forward(points, group)
+        elif self.step_type == "glow":
             # ActNorm and the 1x1 convolution of a step compose to one affine map per point,
             # z = W diag(e^s) x + W diag(e^s) b: computed for all steps at once, applied in one
             # product per step.
@@ -250,6 +258,8 @@ class Flow(nn.Module):
             for step in reversed(self.steps):
                 points = step.coupling.inverse(points, group)
             return self._sequences(points, z)
+        if not (self.training or torch.is_grad_enabled()):
+            return self._sequences(self._fused_inverse(points, group), z)
         weights, shifts, _ = self._affine_maps(group, inverse=True)
         for step, weight_k, shift_k in reversed(
             list(zip(self.steps, weights, shifts, strict=True))
@@ -258,43 +268,127 @@ class Flow(nn.Module):
             points = torch.baddbmm(shift_k, points, weight_k)
         return self._sequences(points, z)
 
+    def _fused_forward(self, points: Tensor, group: GroupSelection) -> tuple[Tensor, Tensor]:
+        """The glow forward for inference (eval mode, no gradient): ``points (G', N, C)`` →
+        ``(z (G', N, C), logdet (G', N))`` in fewer operations.
+
+        Each step's affine map (ActNorm and 1x1 convolution) and its coupling conditioner's
+        first linear map act on the same points, so one product gives both (`_fused_steps`);
+        the coupling then updates its half of that product's output in place, with ``+2``
+        folded into the conditioner's last bias. The same function as the training path, to
+        rounding (the products are associated differently): the log-determinant is computed
+        as there, from the same ``s``; a traced graph that does not return it drops it.
+        """
+        steps, constant = self._fused_steps(group, inverse=False)
+        coupling = self.steps[0].coupling
+        split, widths = coupling.split, [self.channels, coupling.net[0].out_features]
+        logdet = None
+        for fused_weight, fused_bias, (w2, b2), (w3, b3) in steps:
+            mixed = torch.baddbmm(fused_bias, points, fused_weight)  # (G', N, C + H)
+            points, hidden = mixed.split(widths, dim=-1)
+            hidden = torch.baddbmm(b2, hidden.relu_(), w2).relu_()
+            s, t = torch.baddbmm(b3, hidden, w3).chunk(2, dim=-1)
+            points[..., split:].add_(t).mul_(s.sigmoid())
+            step_logdet = F.logsigmoid(s).sum(dim=-1)
+            logdet = step_logdet if logdet is None else logdet + step_logdet
+        return points, logdet + constant
+
+    def _fused_inverse(self, points: Tensor, group: GroupSelection) -> Tensor:
+        """The glow inverse for inference (eval mode, no gradient), as `_fused_forward`: each
+        step's inverse affine map shares one product with the first linear map of the next
+        coupling to invert; the coupling's last layer gives ``-s`` and ``-t``, so that
+        ``b (1 + e^{-s}) - t`` is one exponential and two in-place updates."""
+        steps, _ = self._fused_steps(group, inverse=True)
+        coupling = self.steps[0].coupling
+        split, widths = coupling.split, [self.channels, coupling.net[0].out_features]
+        # The couplings update the points in place: never the caller's tensor.
+        points = points.clone()
+        first_weight, first_bias = steps[0][0]
+        hidden = torch.baddbmm(first_bias, points[..., :split], first_weight)
+        last = len(steps) - 1
+        for position, (_, (w2, b2), (w3, b3), (fused_weight, fused_bias)) in enumerate(steps):
+            hidden = torch.baddbmm(b2, hidden.relu_(), w2).relu_()
+            negative_s, negative_t = torch.baddbmm(b3, hidden, w3).chunk(2, dim=-1)
+            b = points[..., split:]
+            b.addcmul_(b, negative_s.exp()).add_(negative_t)
+            mixed = torch.baddbmm(fused_bias, points, fused_weight)
+            if position == last:  # step 0 inverted: its affine map alone
+                return mixed
+            points, hidden = mixed.split(widths, dim=-1)
+        raise AssertionError("unreachable: a flow has at least one step")
+
+    def _fused_steps(self, group: GroupSelection, *, inverse: bool) -> tuple[list, Tensor]:
+        """The per-step tensors of `_fused_forward` / `_fused_inverse`.
+
+        They are built once per selection and direction and reused: building them (stacking
+        every step's parameters, LU products, for the inverse two triangular solves, and the
+        fusions) costs as much as decoding one sample. They are dropped when the mode changes,
+        a state is loaded or the module moves (`train`, `_load_from_state_dict`, `_apply`), and
+        rebuilt when a parameter's or buffer's version count changes. A parameter changed in
+        eval mode by a kernel that leaves no version count (PyTorch's fused Adam) needs a mode
+        change first, as a training loop makes anyway.
+        """
+        key = (inverse, tuple(selected_groups(self.groups, group)))
+        versions = [t._version for t in (*self.parameters(), *self.buffers())]
+        cached = self._affine_cache.get(key)
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        maps = self._build_fused_steps(group, inverse=inverse)
+        self._affine_cache[key] = (versions, maps)
+        return maps
+
+    @torch.no_grad()
+    def _build_fused_steps(self, group: GroupSelection, *, inverse: bool) -> tuple[list, Tensor]:
+        weights, shifts, constant = self._affine_maps(group, inverse=inverse)
+
+        def linear(layer: nn.Module) -> tuple[Tensor, Tensor]:
+            weight, bias = (select_groups(t, group).detach() for t in (layer.weight, layer.bias))
+            return weight, bias[:, None]  # (G', in, out), (G', 1, out)
+
+        nets = []
+        for step in self.steps:
+            first, second, last = step.coupling.net
+            w3, b3 = linear(last)
+            half = w3.shape[-1] // 2
+            b3 = torch.cat([b3[..., :half] + 2.0, b3[..., half:]], dim=-1)
+            if inverse:
+                w3, b3 = -w3, -b3
+            nets.append((linear(first), linear(second), (w3, b3)))
+        split = self.steps[0].coupling.split
+
+        def fuse(weight: Tensor, shift: Tensor, first: tuple[Tensor, Tensor]) -> tuple:
+            # [x | a W1 + b1] with x = p W + s and a = x[..., :split]: one product of p.
+            w1, b1 = first
+            return (
+                torch.cat([weight, weight[..., :split] @ w1], dim=-1),
+                torch.cat([shift, torch.baddbmm(b1, shift[..., :split], w1)], dim=-1),
+            )
+
+        if not inverse:
+            steps = [
+                (*fuse(weight, shift, net[0]), net[1], net[2])
+                for weight, shift, net in zip(weights, shifts, nets, strict=True)
+            ]
+            return steps, constant
+        # Inverse order: step K-1's coupling first; after each coupling the affine map of its
+        # step, fused with the first linear map of the coupling before it (none after step 0).
+        order = list(range(len(self.steps)))[::-1]
+        steps = []
+        for position, k in enumerate(order):
+            if position + 1 < len(order):
+                affine = fuse(weights[k], shifts[k], nets[order[position + 1]][0])
+            else:
+                affine = (weights[k], shifts[k])
+            steps.append((nets[k][0], nets[k][1], nets[k][2], affine))
+        return steps, constant
+
     def _affine_maps(
         self, group: GroupSelection, *, inverse: bool
     ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor]:
         """Every step's ActNorm and 1x1 convolution as one affine map of points in row form,
         ``points @ weight_k + shift_k`` (weight_k (G', C, C), shift_k (G', 1, C)), and the
-        log-determinant they add per point ((G', 1), forward only).
-
-        In eval mode without gradient (inference, validation) the maps of a selection are built
-        once and reused: building them (stacking every step's parameters, LU products and, for
-        the inverse, two triangular solves) costs as much as decoding one sample. They are
-        dropped when the mode changes, a state is loaded or the module moves (`train`,
-        `_load_from_state_dict`, `_apply`), and rebuilt when a parameter's version count
-        changes. A parameter changed in eval mode by a kernel that leaves no version count
-        (PyTorch's fused Adam) needs a mode change first, as a training loop makes anyway.
-        """
-        if self.training or torch.is_grad_enabled():
-            return self._build_affine_maps(self._raw_parts(group), inverse=inverse)
-        key = (inverse, tuple(selected_groups(self.groups, group)))
-        versions = [t._version for t in self._affine_tensors()]
-        cached = self._affine_cache.get(key)
-        if cached is not None and cached[0] == versions:
-            return cached[1]
-        maps = self._build_affine_maps(self._raw_parts(group), inverse=inverse)
-        self._affine_cache[key] = (versions, maps)
-        return maps
-
-    def _affine_tensors(self) -> list[Tensor]:
-        """The parameters and buffers the affine maps are built from."""
-        return [
-            t
-            for step in self.steps
-            for t in (
-                *step.invconv.parameters(),
-                *step.invconv.buffers(),
-                *step.actnorm.parameters(),
-            )
-        ]
+        log-determinant they add per point ((G', 1), forward only), for all steps at once."""
+        return self._build_affine_maps(self._raw_parts(group), inverse=inverse)
 
     def train(self, mode: bool = True) -> Flow:
         self._affine_cache.clear()

@@ -43,8 +43,13 @@ class ShallowExtractors(nn.Module):
     """Per modality: raw features (B, T, D_m) → X_m (B, d, T') by a bias-free temporal Conv1d.
 
     With ``model.text_encoder`` set, the text modality is first encoded from its tokens.
-    A missing modality's input is zero, and a bias-free convolution keeps it zero.
+    A missing modality's input is zero (the batch contract, `dicmor.data.batches`), and a
+    bias-free convolution keeps it zero. In evaluation a modality missing from the whole batch is
+    therefore not computed; a model that fills missing inputs with something else sets
+    ``skip_missing`` to False.
     """
+
+    skip_missing: bool = True
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__()
@@ -76,8 +81,25 @@ class ShallowExtractors(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Extract every modality of ``batch["inputs"]``: {m: (B, d, T')}."""
         inputs = dict(batch["inputs"])
+        names = list(self.convs)
+        # In evaluation a modality missing from the whole batch (as when a clip arrives without
+        # its audio) is neither encoded nor convolved: its features are the zeros the
+        # convolution of its zero input gives. Training runs every extractor (dropout draws).
+        if self.training or not self.skip_missing:
+            shown = [True] * len(names)
+        else:
+            shown = batch["available"].any(0).tolist()
         if self.text_encoder is not None:
-            keep = batch["available"][:, list(self.convs).index("text")]
-            text = self.text_encoder(batch["text_bert"])  # (B, T, H)
-            inputs["text"] = text * keep[:, None, None].to(text.dtype)
-        return {m: conv(inputs[m]) for m, conv in self.convs.items()}
+            tokens = batch["text_bert"]
+            if shown[names.index("text")]:
+                keep = batch["available"][:, names.index("text")]
+                text = self.text_encoder(tokens)  # (B, T, H)
+                inputs["text"] = text * keep[:, None, None].to(text.dtype)
+            else:
+                size = (tokens.shape[0], tokens.shape[-1], self.text_encoder.hidden_size)
+                weight = self.convs["text"].conv.weight
+                inputs["text"] = torch.zeros(size, dtype=weight.dtype, device=weight.device)
+        return {
+            m: conv(inputs[m]) if shown[j] else conv.zeros(inputs[m])
+            for j, (m, conv) in enumerate(self.convs.items())
+        }

@@ -49,6 +49,7 @@ class MeanFill(ZeroFill):
                 "text tokens; use zero_fill or dicmor with a text encoder"
             )
         super().__init__(info, config)
+        self.extractors.skip_missing = False  # a missing modality's input is its mean, not zero
         self.means = nn.ModuleDict(
             {m: RunningMean(info.feature_dims[m]) for m in info.modality_names}
         )

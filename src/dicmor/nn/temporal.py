@@ -55,13 +55,21 @@ class TemporalConv(nn.Module):
             )
         return length - self.kernel_size + 1
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (B, T, D) → (B, d, T − k + 1)."""
+    def _check(self, x: Tensor) -> int:
         if x.dim() != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(
                 f"TemporalConv: expected input (B, T, {self.in_dim}), got {tuple(x.shape)}"
             )
-        self.output_length(x.shape[1])
+        return self.output_length(x.shape[1])
+
+    def zeros(self, x: Tensor) -> Tensor:
+        """What `forward` gives for an all-zero ``x: (B, T, D)`` (no bias: zeros), without the
+        convolution: (B, d, T − k + 1)."""
+        return x.new_zeros(x.shape[0], self.out_dim, self._check(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, T, D) → (B, d, T − k + 1)."""
+        self._check(x)
         x = self.dropout(x)
         return self.conv(x.transpose(1, 2))  # (B, d, T - k + 1)
 

@@ -159,8 +159,9 @@ class TransformerLayer(nn.Module):
             return (q * scale) @ k.transpose(-2, -1)
         # The mask enters as the additive term of one scaled product: no pass over the scores
         # to hide the future, forward or backward.
+        # Out of place, so that a traced graph computes it once, as a constant.
         hidden = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
-        hidden = hidden.masked_fill_(~mask, float("-inf"))  # (T_q, T_kv)
+        hidden = hidden.masked_fill(~mask, float("-inf"))  # (T_q, T_kv)
         heads, query_len, key_len = q.shape[:2], q.shape[2], k.shape[2]
         return torch.baddbmm(
             hidden,
