@@ -388,26 +388,7 @@ class Flow(nn.Module):
         """Every step's ActNorm and 1x1 convolution as one affine map of points in row form,
         ``points @ weight_k + shift_k`` (weight_k (G', C, C), shift_k (G', 1, C)), and the
         log-determinant they add per point ((G', 1), forward only), for all steps at once."""
-        return self._build_affine_maps(self._raw_parts(group), inverse=inverse)
-
-    def train(self, mode: bool = True) -> Flow:
-        self._affine_cache.clear()
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):
-        self._affine_cache.clear()
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._affine_cache.clear()
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _build_affine_maps(
-        self, raw: tuple[Tensor, ...], *, inverse: bool
-    ) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], Tensor]:
-        """The maps of `_affine_maps` from the stacked parameters ``raw`` (of `_raw_parts`),
-        for all steps at once."""
-        permutation, lower, upper, sign_s, log_abs_s, bias, log_scale = raw
+        permutation, lower, upper, sign_s, log_abs_s, bias, log_scale = self._raw_parts(group)
         lower, upper = lu_factors(lower, upper, sign_s, log_abs_s)
         if not inverse:
             # z = W diag(e^s) x + W diag(e^s) b
@@ -425,3 +406,15 @@ class Flow(nn.Module):
         weight = weight @ permutation.transpose(2, 3)  # W^-1: (K, G', C, C)
         weight = weight.transpose(2, 3) * (-log_scale).exp()[:, :, None, :]  # row form
         return weight.unbind(0), (-bias)[:, :, None].unbind(0), log_scale.new_zeros(())
+
+    def train(self, mode: bool = True) -> Flow:
+        self._affine_cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._affine_cache.clear()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._affine_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)

@@ -96,9 +96,9 @@ class ShallowExtractors(nn.Module):
                 text = self.text_encoder(tokens)  # (B, T, H)
                 inputs["text"] = text * keep[:, None, None].to(text.dtype)
             else:
+                # Only its shape is read: a zero-stride view, nothing allocated.
                 size = (tokens.shape[0], tokens.shape[-1], self.text_encoder.hidden_size)
-                weight = self.convs["text"].conv.weight
-                inputs["text"] = torch.zeros(size, dtype=weight.dtype, device=weight.device)
+                inputs["text"] = self.convs["text"].conv.weight.new_zeros(()).expand(size)
         return {
             m: conv(inputs[m]) if shown[j] else conv.zeros(inputs[m])
             for j, (m, conv) in enumerate(self.convs.items())
