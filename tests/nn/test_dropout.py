@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from dicmor.nn.dropout import Dropout, dropout, dropout_matmul
+from dicmor.nn.dropout import Dropout, dropout, dropout_matmul, thin_right_product
 
 
 def test_drops_the_given_fraction_and_stays_unbiased() -> None:
@@ -62,16 +62,19 @@ def _saved_bytes(fn) -> int:
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("p", [0.3, (0.0, 0.2, 0.5)])
+@pytest.mark.parametrize(
+    "p", [0.3, (0.0, 0.2, 0.5), (0.2, 0.0, 0.0, 0.3, 0.0, 0.2), (0.0, 0.0, 0.2, 0.0, 0.2, 0.0)]
+)
 def test_dropout_matmul_is_dropout_then_product_and_saves_less(p) -> None:
-    # (G·B, h, T_q, T_kv) attention weights of G = 3 groups, B = 4, and their values.
-    logits = torch.randn(12, 2, 5, 7, dtype=torch.float64, requires_grad=True)
-    values = torch.randn(12, 2, 7, 3, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(12, 2, 5, 3, dtype=torch.float64)
+    # (G·B, h, T_q, T_kv) attention weights of G groups, B = 2, and their values.
+    groups = 1 if isinstance(p, float) else len(p)
+    logits = torch.randn(2 * groups, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(2 * groups, 2, 7, 3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2 * groups, 2, 5, 3, dtype=torch.float64)
 
     def reference() -> torch.Tensor:
         weights = logits.softmax(dim=-1)
-        return dropout(weights.view(3, -1), p).view_as(weights) @ values
+        return dropout(weights.view(groups, -1), p).view_as(weights) @ values
 
     def fused() -> torch.Tensor:
         return dropout_matmul(logits.softmax(dim=-1), values, p)
@@ -87,8 +90,27 @@ def test_dropout_matmul_is_dropout_then_product_and_saves_less(p) -> None:
     # Something was dropped, so the test is not of the identity.
     torch.manual_seed(7)
     assert not torch.allclose(results[0][0], logits.softmax(dim=-1) @ values)
-    # The dropped weights are not kept.
-    assert _saved_bytes(fused) <= _saved_bytes(reference) - logits.numel() * 8
+    # The dropped weights are not kept, nor a mask for the groups that drop nothing.
+    kept_groups = 0 if isinstance(p, float) else p.count(0.0)
+    mask_saved = logits.numel() * 8 * kept_groups // groups
+    assert _saved_bytes(fused) <= _saved_bytes(reference) - logits.numel() * 8 - mask_saved
+
+
+def test_dropout_matmul_without_dropout_in_training_is_the_product() -> None:
+    weights = torch.rand(6, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(6, 2, 5, 3, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(6, 2, 4, 3, dtype=torch.float64)
+    results = []
+    for out in (dropout_matmul(weights, values, (0.0, 0.0)), weights @ values):
+        results.append((out, *torch.autograd.grad(out, (weights, values), upstream)))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_thin_right_product_is_the_product() -> None:
+    a = torch.randn(3, 2, 9, 7, dtype=torch.float64)
+    b = torch.randn(3, 2, 7, 4, dtype=torch.float64)
+    torch.testing.assert_close(thin_right_product(a, b), a @ b)
 
 
 def test_dropout_matmul_outside_training_is_the_product() -> None:

@@ -292,3 +292,46 @@ def test_select_groups() -> None:
     torch.testing.assert_close(select_groups(parameter, [3, 0]), parameter[[3, 0]])
     with pytest.raises(ValueError, match="names no group"):
         select_groups(parameter, [])
+
+
+@pytest.mark.parametrize("attn_mask", [False, True])
+@pytest.mark.parametrize("source_len", [None, 5, 11])
+def test_training_gradients_match_plain_autograd(attn_mask: bool, source_len: int | None) -> None:
+    # In training the written-out attention runs through its own backward (the products taken
+    # with the thin operand on the left); without dropout it gives autograd's gradients.
+    torch.manual_seed(0)
+    layer = TransformerLayer(16, 4, attn_mask=attn_mask).double().train()
+    x = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=True)
+    src = None if source_len is None else torch.randn(2, source_len, 16, dtype=torch.float64)
+    inputs = (x,) if src is None else (x, src.requires_grad_(True))
+    mask = None if not attn_mask else causal_mask(7, 7 if src is None else source_len)
+    upstream = torch.randn(2, 7, 16, dtype=torch.float64)
+    results = []
+    for fn in (layer, lambda a, b: _plain_layer(layer, a, b, mask)):
+        out = fn(x, src)
+        results.append((out, *torch.autograd.grad(out, (*inputs, *layer.parameters()), upstream)))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def _plain_layer(layer: TransformerLayer, x, src, mask):
+    """`TransformerLayer.forward` of group 0 written with autograd's own operations only."""
+    weight, bias = layer.attn_norm.fold(layer.in_proj.weight, layer.in_proj.bias, None)
+    normed = layer.attn_norm.standardize(x[None])
+    source = normed if src is None else layer.attn_norm.standardize(src[None])
+    d, h = layer.dim, layer.num_heads
+    q = normed @ weight[0][:, :d] + bias[0][:d]
+    k = source @ weight[0][:, d : 2 * d] + bias[0][d : 2 * d]
+    v = source @ weight[0][:, 2 * d :] + bias[0][2 * d :]
+
+    def heads(t):
+        return t[0].reshape(t.shape[1], t.shape[2], h, d // h).transpose(1, 2)
+
+    scores = heads(q) @ heads(k).transpose(-2, -1) / math.sqrt(d // h)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    attended = (scores.softmax(-1) @ heads(v)).transpose(1, 2).reshape(x.shape)
+    y = x + attended @ layer.out_proj.weight[0] + layer.out_proj.bias[0]
+    w1, b1 = layer.ff_norm.fold(layer.fc1.weight, layer.fc1.bias, None)
+    hidden = (layer.ff_norm.standardize(y[None])[0] @ w1[0] + b1[0]).relu()
+    return y + hidden @ layer.fc2.weight[0] + layer.fc2.bias[0]

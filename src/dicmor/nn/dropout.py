@@ -93,24 +93,70 @@ def _bits(x: Tensor) -> Tensor:
     return words.view(torch.int16)[:n].view(x.shape)
 
 
+def thin_right_product(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for a square-ish ``a: (*, T, T')`` and a thin ``b: (*, T', d)`` (an attention
+    head's width, d of 8 or 16), computed as ``(bᵀ aᵀ)ᵀ``: PyTorch's CPU batched product runs
+    such shapes 2–3 times faster with the thin operand on the left (measured with 768 matrices
+    of 46 x 46 by 46 x 8 on a 2-core AMD EPYC, torch 2.13: 1.14 ms against 0.39 ms). The result
+    is a transposed view."""
+    return (b.transpose(-2, -1) @ a.transpose(-2, -1)).transpose(-2, -1)
+
+
 class _DroppedProduct(torch.autograd.Function):
     """``(weights * mask) @ values`` that keeps ``weights``, which the softmax before it keeps
-    anyway, instead of the dropped weights: the backward recomputes them (one product)."""
+    anyway, instead of the dropped weights: the backward recomputes them (one product).
+
+    ``runs`` gives consecutive row ranges ``(start, stop, dropping)`` of ``weights`` whose
+    groups share a probability, and ``masks`` one mask per dropping run, in their order: the
+    rows of a run that drops nothing are a plain product, forward and backward, with no pass
+    over their weights for a mask of ones."""
 
     @staticmethod
-    def forward(ctx, weights: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        ctx.save_for_backward(weights, values, mask)
-        return (weights * mask) @ values
+    def forward(ctx, weights: Tensor, values: Tensor, runs: tuple, *masks: Tensor) -> Tensor:
+        ctx.save_for_backward(weights, values, *masks)
+        ctx.runs = runs
+        parts, dropping_runs = [], iter(masks)
+        for start, stop, dropping in runs:
+            w = weights[start:stop]
+            if dropping:
+                w = w * next(dropping_runs)
+            parts.append(thin_right_product(w, values[start:stop]))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        weights, values, mask = ctx.saved_tensors
+        weights, values, *masks = ctx.saved_tensors
+        runs = ctx.runs
         grad_weights = grad_values = None
         if ctx.needs_input_grad[0]:
-            grad_weights = (grad @ values.transpose(-2, -1)) * mask
+            # One product for every row, then the mask on the rows that drop, in place.
+            grad_weights = grad @ values.transpose(-2, -1)
+            dropping_runs = iter(masks)
+            for start, stop, dropping in runs:
+                if dropping:
+                    grad_weights[start:stop].mul_(next(dropping_runs))
         if ctx.needs_input_grad[1]:
-            grad_values = (weights * mask).transpose(-2, -1) @ grad
-        return grad_weights, grad_values, None
+            parts, dropping_runs = [], iter(masks)
+            for start, stop, dropping in runs:
+                w = weights[start:stop]
+                if dropping:
+                    w = w * next(dropping_runs)
+                parts.append(thin_right_product(w.transpose(-2, -1), grad[start:stop]))
+            grad_values = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return grad_weights, grad_values, None, *(None for _ in masks)
+
+
+def _runs(p: tuple[float, ...], rows: int) -> tuple[tuple[int, int, bool], ...]:
+    """Row ranges ``(start, stop, dropping)`` of ``rows`` rows taken g-major over ``len(p)``
+    groups, consecutive groups of one probability merged."""
+    per_group = rows // len(p)
+    runs: list[list] = []
+    for g, value in enumerate(p):
+        if runs and p[g - 1] == value:
+            runs[-1][1] += per_group
+        else:
+            runs.append([g * per_group, (g + 1) * per_group, value > 0.0])
+    return tuple((start, stop, dropping) for start, stop, dropping in runs)
 
 
 def dropout_matmul(
@@ -120,18 +166,34 @@ def dropout_matmul(
     ``weights: (G·B, h, T_q, T_kv)``, ``values: (G·B, h, T_kv, d)``, ``p`` one probability or
     one per group g of the G (the leading G·B rows taken g-major). The same draws and values;
     in training the dropped weights are not kept for the backward (a tensor of the weights'
-    size less per attention layer)."""
+    size less per attention layer), and groups whose probability is 0 get no mask at all."""
     p = _check("dropout_matmul.p", p)
-    if not training or p == 0.0:
+    if not training:
         return weights @ values
+    if p == 0.0:
+        return _DroppedProduct.apply(weights, values, ((0, weights.shape[0], False),))
     groups = 1 if isinstance(p, float) else len(p)
     if weights.shape[0] % groups:
         raise ValueError(
             f"dropout_matmul: {groups} probabilities for a first dimension of size "
             f"{weights.shape[0]}"
         )
-    mask = _scaled_mask(weights.reshape(groups, -1), p).view(weights.shape)
-    return _DroppedProduct.apply(weights, values, mask)
+    if isinstance(p, float) or weights.device.type != "cpu" or all(p):
+        mask = _scaled_mask(weights.reshape(groups, -1), p).view(weights.shape)
+        return _DroppedProduct.apply(weights, values, ((0, weights.shape[0], True),), mask)
+    # Only the groups that drop get a mask, from the same draws as the whole one would be.
+    runs = _runs(p, weights.shape[0])
+    bits = _bits(weights.reshape(groups, -1)).view(weights.shape)
+    per_group = weights.shape[0] // groups
+    masks = []
+    for start, stop, dropping in runs:
+        if dropping:
+            level = round(p[start // per_group] * _LEVELS)
+            rows = bits[start:stop]
+            mask = torch.empty(rows.shape, dtype=weights.dtype)
+            torch.ge(rows, level - _LEVELS // 2, out=mask)
+            masks.append(mask.mul_(_LEVELS / (_LEVELS - level)))
+    return _DroppedProduct.apply(weights, values, runs, *masks)
 
 
 class Dropout(nn.Module):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dicmor.nn.dropout import Dropout, dropout_matmul
+from dicmor.nn.dropout import Dropout, dropout_matmul, thin_right_product
 from dicmor.nn.grouped import GroupedLayerNorm, GroupedLinear, grouped_linear, select_groups
 
 __all__ = [
@@ -84,6 +84,29 @@ def _per_group(owner: str, value: float | Sequence[float], groups: int) -> tuple
     if not all(0.0 <= v < 1.0 for v in values):
         raise ValueError(f"{owner}: must be in [0, 1), got {value}")
     return values
+
+
+class _ScaledScores(torch.autograd.Function):
+    """``scale · q kᵀ (+ hidden)`` of ``q: (N, T_q, e)``, ``k: (N, T_kv, e)``, whose backward
+    takes its two products with the thin operand on the left (see `thin_right_product`)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, hidden: Tensor | None, scale: float) -> Tensor:
+        ctx.save_for_backward(q, k)
+        ctx.scale = scale
+        if hidden is None:
+            return (q * scale) @ k.transpose(1, 2)
+        return torch.baddbmm(hidden, q, k.transpose(1, 2), alpha=scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        q, k = ctx.saved_tensors
+        grad_q = grad_k = None
+        if ctx.needs_input_grad[0]:
+            grad_q = thin_right_product(grad, k * ctx.scale)
+        if ctx.needs_input_grad[1]:
+            grad_k = thin_right_product(grad.transpose(1, 2), q * ctx.scale)
+        return grad_q, grad_k, None, None
 
 
 class TransformerLayer(nn.Module):
@@ -155,20 +178,22 @@ class TransformerLayer(nn.Module):
         """Scaled dot products ``(G·B, h, T_q, T_kv)`` of ``q: (G·B, h, T_q, d/h)`` and
         ``k: (G·B, h, T_kv, d/h)``, -inf where ``mask`` (T_q, T_kv) hides a key."""
         scale = self.head_dim**-0.5
-        if mask is None:
-            return (q * scale) @ k.transpose(-2, -1)
-        # The mask enters as the additive term of one scaled product: no pass over the scores
-        # to hide the future, forward or backward.
-        # Out of place, so that a traced graph computes it once, as a constant.
-        hidden = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
-        hidden = hidden.masked_fill(~mask, float("-inf"))  # (T_q, T_kv)
         heads, query_len, key_len = q.shape[:2], q.shape[2], k.shape[2]
-        return torch.baddbmm(
-            hidden,
-            q.reshape(-1, query_len, self.head_dim),
-            k.reshape(-1, key_len, self.head_dim).transpose(1, 2),
-            alpha=scale,
-        ).view(*heads, query_len, key_len)
+        hidden = None
+        if mask is not None:
+            # The mask enters as the additive term of one scaled product: no pass over the
+            # scores to hide the future, forward or backward.
+            # Out of place, so that a traced graph computes it once, as a constant.
+            hidden = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+            hidden = hidden.masked_fill(~mask, float("-inf"))  # (T_q, T_kv)
+        q, k = q.reshape(-1, query_len, self.head_dim), k.reshape(-1, key_len, self.head_dim)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad):
+            scores = _ScaledScores.apply(q, k, hidden, scale)
+        elif hidden is None:
+            scores = (q * scale) @ k.transpose(1, 2)
+        else:
+            scores = torch.baddbmm(hidden, q, k.transpose(1, 2), alpha=scale)
+        return scores.view(*heads, query_len, key_len)
 
     def _attend(
         self, x: Tensor, x_kv: Tensor | None, weight: Tensor, bias: Tensor, group: int | None
@@ -209,9 +234,9 @@ class TransformerLayer(nn.Module):
             if is_causal:
                 mask = causal_mask(query_len, key_len, device=x.device)
             weights = self._scores(q, k, mask).softmax(dim=-1)  # (G·B, h, T_q, T_kv)
-            # Dropout and the product with the values in one step that keeps a 1-byte mask
-            # for the backward instead of the float mask and the dropped weights.
-            out = dropout_matmul(weights, v, p) if dropped else weights @ v  # (G·B, h, T_q, d/h)
+            # Dropout and the product with the values in one step that keeps no dropped weights
+            # for the backward, and no mask for the groups that drop nothing.
+            out = dropout_matmul(weights, v, p, self.training)  # (G·B, h, T_q, d/h)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal
