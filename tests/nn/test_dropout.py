@@ -107,9 +107,10 @@ def test_dropout_matmul_without_dropout_in_training_is_the_product() -> None:
         torch.testing.assert_close(got, want)
 
 
-def test_thin_right_product_is_the_product() -> None:
+@pytest.mark.parametrize("width", [4, 16])
+def test_thin_right_product_is_the_product(width: int) -> None:
     a = torch.randn(3, 2, 9, 7, dtype=torch.float64)
-    b = torch.randn(3, 2, 7, 4, dtype=torch.float64)
+    b = torch.randn(3, 2, 7, width, dtype=torch.float64)
     torch.testing.assert_close(thin_right_product(a, b), a @ b)
 
 

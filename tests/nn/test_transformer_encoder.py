@@ -294,13 +294,17 @@ def test_select_groups() -> None:
         select_groups(parameter, [])
 
 
+@pytest.mark.parametrize("heads", [4, 1])
 @pytest.mark.parametrize("attn_mask", [False, True])
 @pytest.mark.parametrize("source_len", [None, 5, 11])
-def test_training_gradients_match_plain_autograd(attn_mask: bool, source_len: int | None) -> None:
+def test_training_gradients_match_plain_autograd(
+    attn_mask: bool, source_len: int | None, heads: int
+) -> None:
     # In training the written-out attention runs through its own backward (the products taken
-    # with the thin operand on the left); without dropout it gives autograd's gradients.
+    # with the thin operand on the left below a head width of 16); without dropout it gives
+    # autograd's gradients.
     torch.manual_seed(0)
-    layer = TransformerLayer(16, 4, attn_mask=attn_mask).double().train()
+    layer = TransformerLayer(16, heads, attn_mask=attn_mask).double().train()
     x = torch.randn(2, 7, 16, dtype=torch.float64, requires_grad=True)
     src = None if source_len is None else torch.randn(2, source_len, 16, dtype=torch.float64)
     inputs = (x,) if src is None else (x, src.requires_grad_(True))

@@ -88,7 +88,7 @@ def _per_group(owner: str, value: float | Sequence[float], groups: int) -> tuple
 
 class _ScaledScores(torch.autograd.Function):
     """``scale · q kᵀ (+ hidden)`` of ``q: (N, T_q, e)``, ``k: (N, T_kv, e)``, whose backward
-    takes its two products with the thin operand on the left (see `thin_right_product`)."""
+    takes its two products through `thin_right_product`."""
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, hidden: Tensor | None, scale: float) -> Tensor:
