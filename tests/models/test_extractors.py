@@ -28,7 +28,7 @@ def test_a_modality_missing_from_the_whole_batch_is_not_convolved_in_evaluation(
     shown = train_batch(data, mask)
     others = [i for i in range(8) if i != k]
     conv = model.extractors.convs["audio"]
-    calls = _count_calls(conv.conv)
+    calls = _count_calls(conv)
     model.eval()
     with torch.no_grad():
         skipped = model.extractors(hidden)
@@ -50,7 +50,7 @@ def test_training_runs_every_extractor() -> None:
     model, data = build_model_for("zero_fill")
     mask = data.splits["train"].present.copy()
     mask[:8, 2] = False
-    calls = _count_calls(model.extractors.convs["vision"].conv)
+    calls = _count_calls(model.extractors.convs["vision"])
     model.train()
     model.extractors(train_batch(data, mask))
     assert calls[0] == 1
@@ -76,7 +76,7 @@ def test_mean_fill_convolves_a_missing_modality_it_fills_with_its_mean() -> None
     model(train_batch(data, mask))  # accumulate the means
     mask[:8, 1] = False
     batch = train_batch(data, mask)
-    calls = _count_calls(model.extractors.convs["audio"].conv)
+    calls = _count_calls(model.extractors.convs["audio"])
     model.eval()
     with torch.no_grad():
         whole = model(batch)["prediction"][:8]

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from dicmor.nn import TemporalConv, count_parameters
+from dicmor.nn.temporal import temporal_conv
 
 
 def test_output_shape_and_length() -> None:
@@ -70,3 +71,45 @@ def test_count_parameters() -> None:
     model[0].requires_grad_(False)
     assert count_parameters(model) == 8 + 3
     assert count_parameters(model, trainable_only=True) == 3
+
+
+@pytest.mark.parametrize(
+    ("batch", "steps", "in_dim", "out_dim", "kernel_size"),
+    [(3, 20, 7, 4, 5), (2, 6, 3, 2, 3), (1, 12, 40, 8, 5), (4, 9, 5, 6, 1), (2, 5, 4, 3, 5)],
+)
+def test_temporal_conv_is_the_library_convolution(
+    batch: int, steps: int, in_dim: int, out_dim: int, kernel_size: int
+) -> None:
+    """Values and both gradients equal `F.conv1d`'s (float64: to rounding); also for an input
+    that is a transposed view."""
+    torch.manual_seed(0)
+    weight = torch.randn(out_dim, in_dim, kernel_size, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(batch, in_dim, steps, dtype=torch.float64)
+    for x in (base.transpose(1, 2).contiguous(), base.transpose(1, 2)):
+        x = x.detach().requires_grad_()
+        expected = torch.nn.functional.conv1d(x.transpose(1, 2), weight)
+        out = temporal_conv(x, weight)
+        assert out.shape == expected.shape == (batch, out_dim, steps - kernel_size + 1)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+        grad = torch.randn_like(expected)
+        got = torch.autograd.grad(out, (x, weight), grad)
+        want = torch.autograd.grad(expected, (x, weight), grad)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            torch.testing.assert_close(temporal_conv(x, weight), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_temporal_conv_gradcheck_and_weight_only_gradient() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(temporal_conv, (x, weight))
+    # An input without gradient (raw features) gets none, and the weight's is unchanged.
+    frozen = x.detach()
+    out = temporal_conv(frozen, weight)
+    (grad,) = torch.autograd.grad(out.square().sum(), weight)
+    (expected,) = torch.autograd.grad(
+        torch.nn.functional.conv1d(frozen.transpose(1, 2), weight).square().sum(), weight
+    )
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)

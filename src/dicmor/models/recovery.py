@@ -80,7 +80,7 @@ class Recovering(TwoStage):
             encoder.eval()
             raw = encoder(batch["target_text_bert"].index_select(0, index))
             encoder.train(mode)
-        return extractor.conv(raw.transpose(1, 2))
+        return extractor.project(raw)
 
     def reconstruction_loss(self, output: dict, batch: dict) -> torch.Tensor:
         """MSE between recovered and real features, averaged over recovered modalities, over the

@@ -7,6 +7,7 @@ work of G. ``group`` selects what runs: all groups, one (an index), or several (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,12 +36,45 @@ def select_groups(parameter: Tensor, group: GroupSelection) -> Tensor:
     return parameter[groups]
 
 
+BALANCE_MIN_ROWS = 512
+BALANCE_MIN_WEIGHT = 12288
+"""On CPU, a grouped product whose G groups do not divide evenly among the threads (three
+groups on two threads: MulT's self-attention over three modalities) is run as G·p products of
+1/p of the rows each, so that every thread gets the same work, when each group has at least
+this many rows and its weight at least this many elements. Measured on a 2-core AMD EPYC
+(torch 2.13), three groups of 736 rows: 1.2–1.45× faster forward, 1.1–1.2× for the weight
+gradient (whose products then contract over half the rows and are summed); below these sizes
+(MOSI's 184 rows, the flows' 64-wide maps) the cut is slower, and so is cutting groups that
+already divide evenly."""
+
+
+def _balanced_pieces(x: Tensor, groups: int, rows: int, weight_size: int) -> int:
+    """Pieces to cut each group's rows into (1: none); see `BALANCE_MIN_ROWS`."""
+    if x.device.type != "cpu" or rows < BALANCE_MIN_ROWS or weight_size < BALANCE_MIN_WEIGHT:
+        return 1
+    threads = torch.get_num_threads()
+    if groups == 1 or groups % threads == 0 or groups > 4 * threads:
+        return 1
+    pieces = threads // math.gcd(groups, threads)
+    return pieces if rows % pieces == 0 else 1
+
+
 def grouped_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``y[g] = x[g] W_g + b_g`` for x: (G, *, in), weight: (G, in, out), bias: (G, out)."""
-    if x.dim() == 3:
-        return torch.baddbmm(bias[:, None], x, weight)
-    points = x.reshape(x.shape[0], -1, x.shape[-1])  # (G, N, in)
-    return torch.baddbmm(bias[:, None], points, weight).view(*x.shape[:-1], weight.shape[-1])
+    """``y[g] = x[g] W_g + b_g`` for x: (G, *, in), weight: (G, in, out), bias: (G, out).
+
+    Groups that would leave a thread idle have their rows cut in pieces (`BALANCE_MIN_ROWS`):
+    the same products, row by row; autograd's backward of the expanded weight sums the
+    pieces' gradients."""
+    groups, in_features, out_features = weight.shape
+    points = x.reshape(groups, -1, in_features)  # (G, N, in)
+    rows = points.shape[1]
+    pieces = _balanced_pieces(points, groups, rows, in_features * out_features)
+    if pieces > 1:
+        points = points.reshape(groups * pieces, rows // pieces, in_features)
+        weight = weight[:, None].expand(-1, pieces, -1, -1).reshape(-1, in_features, out_features)
+        bias = bias[:, None].expand(-1, pieces, -1).reshape(-1, out_features)
+    out = torch.baddbmm(bias[:, None], points, weight)
+    return out.view(*x.shape[:-1], out_features)
 
 
 class GroupedLinear(nn.Module):
