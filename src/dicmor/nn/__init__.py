@@ -7,7 +7,7 @@ from torch import nn
 
 from dicmor.nn.grouped import GroupedLayerNorm, GroupedLinear
 from dicmor.nn.rcan import ChannelAttention, RefinementNetwork, ResidualChannelAttentionBlock
-from dicmor.nn.temporal import TemporalConv
+from dicmor.nn.temporal import TemporalConv, temporal_conv
 from dicmor.nn.transformer import (
     TransformerEncoder,
     TransformerLayer,
@@ -27,6 +27,7 @@ __all__ = [
     "causal_mask",
     "count_parameters",
     "sinusoidal_positions",
+    "temporal_conv",
 ]
 
 
