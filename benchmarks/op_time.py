@@ -1,0 +1,121 @@
+"""Where a DiCMoR training step spends its time, operator by operator, without the profiler.
+
+Every ATen call of a training step is timed on its own (a `TorchDispatchMode` around each call;
+on CPU a call returns when its work is done) and summed by operator, batched products broken down
+by the shapes and strides of their operands. torch.profiler's per-operator figures overstate
+small operations several times at these sizes; these timers add their own overhead between
+calls, not inside them, so the sum of the calls is close to what they cost in a plain step.
+Inputs are those of ``benchmarks/speed.py`` (random tensors of MOSI / MOSEI shape, the published
+configuration, the protocol stage).
+
+Usage: python benchmarks/op_time.py [--case mosei:1] [--steps 3] [--threads 2] [--top 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+PRODUCTS = ("bmm", "baddbmm", "mm", "addmm", "matmul")
+
+
+def _key(func, args: tuple) -> tuple[str, str]:
+    """(operator, detail): products carry their operands' shapes and strides."""
+    name = func.__name__.split(".")[0]
+    if name not in PRODUCTS:
+        return name, ""
+    operands = [a for a in args if isinstance(a, torch.Tensor) and a.dim() > 1]
+    return name, " ".join(f"{tuple(a.shape)}/{tuple(a.stride())}" for a in operands)
+
+
+class _Timer(TorchDispatchMode):
+    """Seconds and calls per (operator, detail) of everything dispatched inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: dict[tuple[str, str], float] = collections.defaultdict(float)
+        self.calls: dict[tuple[str, str], int] = collections.defaultdict(int)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        elapsed = time.perf_counter() - start
+        key = _key(func, args)
+        self.seconds[key] += elapsed
+        self.calls[key] += 1
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", default="mosei:1", help="dataset:kept, as in speed.py")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (after 3 warm-up)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=25, help="rows of each table")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from speed import BATCH, SHAPES, make_batch
+
+    from dicmor.config import load_config
+    from dicmor.models.base import DataInfo
+    from dicmor.registry import build_model
+
+    dataset, kept = args.case.split(":")
+    torch.manual_seed(0)
+    dims = SHAPES[dataset]
+    info = DataInfo(tuple(dims), dims, dict.fromkeys(dims, 50), "regression", None)
+    model = build_model(info, load_config(dataset).model)
+    for stage in model.stages():
+        model.begin_stage(stage)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-4, fused=True)
+    batch = make_batch(dims, BATCH[dataset], int(kept), torch.device("cpu"))
+
+    def train_step() -> None:
+        model.train()
+        losses = model.loss(model(batch), batch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_value_(params, 0.6, foreach=True)
+        optimizer.step()
+
+    for _ in range(3):
+        train_step()
+    plain = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        train_step()
+        plain.append(time.perf_counter() - start)
+    timer = _Timer()
+    with timer:
+        for _ in range(args.steps):
+            train_step()
+    per_step = {k: 1000 * s / args.steps for k, s in timer.seconds.items()}
+    by_operator: dict[str, float] = collections.defaultdict(float)
+    for (name, _), ms in per_step.items():
+        by_operator["products" if name in PRODUCTS else name] += ms
+    total = sum(per_step.values())
+    print(
+        f"{args.case}, batch {BATCH[dataset]}, {args.threads} threads: plain step "
+        f"{1000 * min(plain):.1f} ms (min of {args.steps}); inside its ATen calls {total:.1f} ms"
+    )
+    print(f"\n{'ms/step':>8s}  operator")
+    for name, ms in sorted(by_operator.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"{ms:8.2f}  {name}")
+    print(f"\n{'ms/step':>8s}  {'calls':>5s}  product: operands (shape/strides)")
+    products = [(ms, k) for k, ms in per_step.items() if k[0] in PRODUCTS]
+    for ms, (name, detail) in sorted(products, reverse=True)[: args.top]:
+        calls = timer.calls[(name, detail)] // args.steps
+        print(f"{ms:8.2f}  {calls:5d}  {name} {detail}")
+
+
+if __name__ == "__main__":
+    main()
