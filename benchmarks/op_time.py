@@ -62,30 +62,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from speed import BATCH, SHAPES, make_batch
-
-    from dicmor.config import load_config
-    from dicmor.models.base import DataInfo
-    from dicmor.registry import build_model
+    from speed import BATCH, training_setup
 
     dataset, kept = args.case.split(":")
-    torch.manual_seed(0)
-    dims = SHAPES[dataset]
-    info = DataInfo(tuple(dims), dims, dict.fromkeys(dims, 50), "regression", None)
-    model = build_model(info, load_config(dataset).model)
-    for stage in model.stages():
-        model.begin_stage(stage)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=1e-4, fused=True)
-    batch = make_batch(dims, BATCH[dataset], int(kept), torch.device("cpu"))
-
-    def train_step() -> None:
-        model.train()
-        losses = model.loss(model(batch), batch)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        torch.nn.utils.clip_grad_value_(params, 0.6, foreach=True)
-        optimizer.step()
+    _, train_step = training_setup(dataset, int(kept), torch.device("cpu"))
 
     for _ in range(3):
         train_step()

@@ -69,12 +69,13 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
+def training_setup(dataset: str, kept: int, device: torch.device) -> tuple:
+    """DiCMoR in its published configuration for ``dataset``, in its protocol stage, and one
+    training step on a random batch with ``kept`` modalities available: (model, train_step)."""
     from dicmor.config import load_config
     from dicmor.models.base import DataInfo
     from dicmor.registry import build_model
 
-    device = torch.device(device_name)
     torch.manual_seed(0)
     dims = SHAPES[dataset]
     info = DataInfo(tuple(dims), dims, dict.fromkeys(dims, 50), "regression", None)
@@ -93,6 +94,13 @@ def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
         torch.nn.utils.clip_grad_value_(params, 0.6, foreach=True)
         optimizer.step()
 
+    return model, train_step
+
+
+def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
+    device = torch.device(device_name)
+    dims = SHAPES[dataset]
+    model, train_step = training_setup(dataset, kept, device)
     step = timed(train_step, repeats, device)
     model.eval()
     latency = {}
