@@ -15,7 +15,7 @@ from dicmor.data.batches import Batches
 from dicmor.data.dataset import Split
 from dicmor.inference import _traced, by_pattern, predict
 from dicmor.models.base import DataInfo, MultimodalModel
-from dicmor.traced import ATOL, RTOL, TracedForward
+from dicmor.traced import ATOL, RTOL, STATIC_MAX_BATCH, TracedForward
 from tests.conftest import build_model_for, small_config, tiny_dataset
 
 
@@ -90,6 +90,76 @@ def test_at_most_max_graphs_are_kept(zero_fill) -> None:
     assert traced.builds == 4 and len(traced._graphs) == 2
     with pytest.raises(ValueError, match="max_graphs"):
         TracedForward(model, max_graphs=0)
+
+
+def _dicmor_text_alone(size: int = 1):
+    model, data = build_model_for("dicmor")
+    mask = data.splits["test"].present.copy()
+    mask[:, 1:] = False
+    return model.eval(), batches(data, mask, size)
+
+
+def test_cpu_graphs_run_in_the_static_runtime_with_the_forwards_outputs() -> None:
+    model, (first, second, *_) = _dicmor_text_alone()
+    traced = TracedForward(model)
+    with torch.no_grad():
+        out = traced(first)
+        kept = out["prediction"].clone()
+        for batch in (first, second):
+            result, plain = traced(batch), model(batch)
+            for got, want in (
+                (result["prediction"], plain["prediction"]),
+                *((result["features"][m], plain["features"][m]) for m in model.info.modality_names),
+            ):
+                torch.testing.assert_close(got, want, rtol=RTOL, atol=ATOL)
+    (runner,) = traced._graphs.values()
+    assert runner.static is not None
+    # Later calls write into buffers of their own, never into what an earlier call returned.
+    assert torch.equal(out["prediction"], kept)
+    # A call made while the runtime is busy (another thread) runs the frozen graph.
+    with runner._lock, torch.no_grad():
+        torch.testing.assert_close(traced(first)["prediction"], kept, rtol=RTOL, atol=ATOL)
+    without = TracedForward(model, static=False)
+    with torch.no_grad():
+        torch.testing.assert_close(without(first)["prediction"], kept, rtol=RTOL, atol=ATOL)
+    (frozen_only,) = without._graphs.values()
+    assert frozen_only.static is None
+    # Larger batches run the frozen graph (`STATIC_MAX_BATCH`).
+    model, (pair, *_) = _dicmor_text_alone(STATIC_MAX_BATCH + 1)
+    traced = TracedForward(model)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            traced(pair)["prediction"], model(pair)["prediction"], rtol=RTOL, atol=ATOL
+        )
+    (runner,) = traced._graphs.values()
+    assert runner.static is None
+
+
+def test_a_static_runtime_that_fails_or_differs_leaves_the_frozen_graph(
+    monkeypatch, caplog
+) -> None:
+    model, (batch, *_) = _dicmor_text_alone()
+    with torch.no_grad():
+        plain = model(batch)["prediction"]
+
+    def refuse(module):
+        raise RuntimeError("unsupported graph")
+
+    class Off:  # a runtime whose outputs are not the forward's
+        def __init__(self, module) -> None:
+            self.module = module
+
+        def __call__(self, *tensors):
+            return tuple(t + 1 for t in self.module.forward(*tensors))
+
+    for runtime, why in ((refuse, "unsupported graph"), (Off, "not used: output 0 differs")):
+        monkeypatch.setattr(torch._C, "_jit_to_static_module", runtime)
+        traced = TracedForward(model)
+        with caplog.at_level("DEBUG", logger="dicmor.traced"), torch.no_grad():
+            torch.testing.assert_close(traced(batch)["prediction"], plain, rtol=RTOL, atol=ATOL)
+        (runner,) = traced._graphs.values()
+        assert runner is not None and runner.static is None and not traced.fallbacks
+        assert why in caplog.text
 
 
 class ValueBranch(MultimodalModel):
@@ -180,8 +250,8 @@ def test_a_graph_reads_no_sizes_and_takes_what_the_model_keeps_as_constants() ->
     with torch.no_grad():
         out, plain = traced(batch), model(batch)
     torch.testing.assert_close(out["prediction"], plain["prediction"], rtol=RTOL, atol=ATOL)
-    (graph,) = traced._graphs.values()
-    kinds = [node.kind() for node in graph.graph.nodes()]
+    (runner,) = traced._graphs.values()
+    kinds = [node.kind() for node in runner.frozen.graph.nodes()]
     # The shapes are the signature's: no size is read at run time ...
     assert "aten::size" not in kinds
     # ... and what the model keeps between eval calls (the flows' inference maps, MulT's
