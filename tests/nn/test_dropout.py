@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dicmor.nn.dropout import Dropout, dropout, dropout_matmul, thin_right_product
 
@@ -121,3 +122,20 @@ def test_dropout_matmul_outside_training_is_the_product() -> None:
     )
     with pytest.raises(ValueError, match="2 probabilities for a first dimension of size 5"):
         dropout_matmul(torch.rand(5, 1, 2, 2), torch.rand(5, 1, 2, 1), (0.1, 0.2))
+
+
+def test_dropout_matmul_outside_training_takes_a_thin_value_on_the_left() -> None:
+    """The inference product runs in the orientation the CPU batched product runs fastest."""
+    weights, values = torch.rand(6, 2, 46, 46), torch.randn(6, 2, 46, 4)
+    shapes = []
+
+    class Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in ("bmm", "mm"):
+                shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Products():
+        out = dropout_matmul(weights, values, 0.3, training=False)
+    torch.testing.assert_close(out, weights @ values)
+    assert shapes == [(12, 4, 46)]
