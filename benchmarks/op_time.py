@@ -9,7 +9,13 @@ about 20 % above it: compare the two totals printed first).
 Inputs are those of ``benchmarks/speed.py`` (random tensors of MOSI / MOSEI shape, the published
 configuration, the protocol stage).
 
+With ``--inference``, the batch-1 traced forward instead (what ``predict(fast=True)`` runs for
+one clip): PyTorch's static runtime times each node of that graph itself, so the figures are the
+graph's own, by node kind, with the forward's arithmetic (FLOPs of its products) and the rate the
+products reach.
+
 Usage: python benchmarks/op_time.py [--case mosei:1] [--steps 3] [--threads 2] [--top 25]
+       python benchmarks/op_time.py --inference [--case mosi:1] [--steps 100]
 """
 
 from __future__ import annotations
@@ -56,15 +62,24 @@ class _Timer(TorchDispatchMode):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="mosei:1", help="dataset:kept, as in speed.py")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps (after 2 warm-up)")
+    parser.add_argument(
+        "--steps", type=int, help="timed steps after 2 warm-up (3; with --inference, 100 calls)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=25, help="rows of each table")
+    parser.add_argument(
+        "--inference", action="store_true", help="the batch-1 traced forward instead of a step"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from speed import BATCH, timed, training_setup
 
+    if args.inference:
+        inference(args, args.steps or 100)
+        return
+    args.steps = args.steps or 3
     dataset, kept = args.case.split(":")
     _, train_step = training_setup(dataset, int(kept), torch.device("cpu"))
 
@@ -90,6 +105,43 @@ def main() -> None:
     for ms, (name, detail) in sorted(products, reverse=True)[: args.top]:
         calls = timer.calls[(name, detail)] // args.steps
         print(f"{ms:8.2f}  {calls:5d}  {name} {detail}")
+
+
+def inference(args: argparse.Namespace, calls: int) -> None:
+    """Node kinds of the batch-1 traced forward, timed by its static runtime over ``calls``."""
+    from speed import SHAPES, make_batch, training_setup
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dicmor.traced import TracedForward
+
+    dataset, kept = args.case.split(":")
+    cpu = torch.device("cpu")
+    model, _ = training_setup(dataset, int(kept), cpu)
+    model.eval()
+    batch = make_batch(SHAPES[dataset], 1, int(kept), cpu)
+    with torch.no_grad():
+        model(batch)  # builds what the model keeps between eval calls (the flows' maps)
+        with FlopCounterMode(display=False) as flops:
+            model(batch)
+    traced = TracedForward(model)
+    traced(batch)
+    (graph,) = traced._graphs.values()  # the one graph this batch's signature built
+    if graph is None or graph.static is None:
+        raise SystemExit(f"{args.case}: this batch-1 graph does not run in the static runtime")
+    inputs = [batch["available"], *(batch["inputs"][m] for m in model.info.modality_names)]
+    metrics = graph.static.benchmark_individual_ops(inputs, {}, 10, calls)
+    seconds = {k: ms / 1000 for k, ms in metrics.time_per_node_type.items()}
+    products = sum(s for k, s in seconds.items() if k.split("::")[-1] in (*PRODUCTS, "linear"))
+    gflop = flops.get_total_flops() / 1e9
+    print(
+        f"{args.case}, batch 1, {args.threads} threads: traced forward in the static runtime "
+        f"{metrics.total_time:.2f} ms (mean of {calls}), {metrics.total_nodes_count} "
+        f"nodes; {gflop:.3f} GFLOP, products {1000 * products:.2f} ms "
+        f"({gflop / products:.0f} GFLOP/s)"
+    )
+    print(f"\n{'ms':>8s}  {'nodes':>5s}  node kind")
+    for kind, s in sorted(seconds.items(), key=lambda kv: -kv[1])[: args.top]:
+        print(f"{1000 * s:8.3f}  {metrics.instances_per_node_type[kind]:5d}  {kind}")
 
 
 if __name__ == "__main__":
