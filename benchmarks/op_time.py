@@ -12,7 +12,9 @@ configuration, the protocol stage).
 With ``--inference``, the batch-1 traced forward instead (what ``predict(fast=True)`` runs for
 one clip): PyTorch's static runtime times each node of that graph itself, so the figures are the
 graph's own, by node kind, with the forward's arithmetic (FLOPs of its products) and the rate the
-products reach.
+products reach; then the size of the graph's weights and the products of one forward replayed in
+order, once with their own operands and once with one operand set per shape, whose difference is
+what reading the weights from memory, not cache, costs.
 
 Usage: python benchmarks/op_time.py [--case mosei:1] [--steps 3] [--threads 2] [--top 25]
        python benchmarks/op_time.py --inference [--case mosi:1] [--steps 100]
@@ -142,6 +144,53 @@ def inference(args: argparse.Namespace, calls: int) -> None:
     print(f"\n{'ms':>8s}  {'nodes':>5s}  node kind")
     for kind, s in sorted(seconds.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"{1000 * s:8.3f}  {metrics.instances_per_node_type[kind]:5d}  {kind}")
+
+    constants = {}
+    for node in graph.frozen.graph.findAllNodes("prim::Constant"):
+        value = node.output().toIValue()
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            constants[storage.data_ptr()] = storage.nbytes()
+    sequence = _products_in_order(model, batch)
+    first: dict[str, tuple] = {}
+    for call in sequence:
+        first.setdefault(call[0], call)
+    own, hot = _replayed(sequence, calls), _replayed([first[c[0]] for c in sequence], calls)
+    print(
+        f"\nthe graph's constants (weights, folded): {sum(constants.values()) / 2**20:.1f} MiB; "
+        f"its {len(sequence)} products replayed in order, min of {calls}: {1000 * own:.2f} ms "
+        f"with their own operands, {1000 * hot:.2f} ms with one operand set per shape "
+        f"({len(first)} shapes, operands staying in cache)"
+    )
+
+
+def _products_in_order(model: torch.nn.Module, batch: dict) -> list[tuple]:
+    """(shape key, operator, arguments) of every product of an eval forward without gradient,
+    in order, the operands kept (so that a replay reads the memory the forward read)."""
+    sequence = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.split(".")[0] in PRODUCTS:
+                sequence.append((" ".join(_key(func, args)), func, args, kwargs or {}))
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Recorder():
+        model(batch)
+    return sequence
+
+
+def _replayed(sequence: list[tuple], calls: int) -> float:
+    """Least seconds of one pass over ``sequence``'s products, of ``calls`` passes."""
+    best = float("inf")
+    with torch.no_grad():
+        for i in range(calls + 5):
+            start = time.perf_counter()
+            for _, func, args, kwargs in sequence:
+                func(*args, **kwargs)
+            if i >= 5:
+                best = min(best, time.perf_counter() - start)
+    return best
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""The measuring helpers of ``benchmarks/op_time.py``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import op_time
+
+
+class _TwoProducts(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Parameter(torch.randn(3, 4, 5))
+        self.second = torch.nn.Parameter(torch.randn(5, 2))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        hidden = torch.bmm(batch["x"], self.first).relu()  # (3, 6, 5)
+        return hidden @ self.second
+
+
+def test_products_are_recorded_in_order_with_the_operands_the_forward_read() -> None:
+    model = _TwoProducts()
+    batch = {"x": torch.randn(3, 6, 4)}
+    sequence = op_time._products_in_order(model, batch)
+    assert [call[1].__name__.split(".")[0] for call in sequence] == ["bmm", "mm"]
+    (_, _, first_args, _), (_, _, second_args, _) = sequence
+    assert first_args[0] is batch["x"]
+    assert first_args[1].data_ptr() == model.first.data_ptr()
+    # The batch by a matrix reaches ATen as one product of the flattened batch.
+    assert tuple(second_args[0].shape) == (18, 5)
+    assert second_args[1].data_ptr() == model.second.data_ptr()
+    assert sequence[0][0] != sequence[1][0]  # shape keys tell the products apart
+
+
+def test_a_replay_runs_every_recorded_product() -> None:
+    calls = []
+
+    def product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return a @ b
+
+    a, b = torch.randn(2, 3), torch.randn(3, 2)
+    seconds = op_time._replayed([("k", product, (a, b), {}), ("k", product, (a, b), {})], 4)
+    assert seconds > 0
+    assert len(calls) == 2 * (4 + 5)  # 5 warm-up passes, then 4 timed ones
