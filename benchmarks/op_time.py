@@ -76,14 +76,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from speed import BATCH, timed, training_setup
+    from speed import BATCH, parse_kept, timed, training_setup
 
     if args.inference:
         inference(args, args.steps or 100)
         return
     args.steps = args.steps or 3
     dataset, kept = args.case.split(":")
-    _, train_step = training_setup(dataset, int(kept), torch.device("cpu"))
+    _, train_step = training_setup(dataset, parse_kept(kept), torch.device("cpu"))
 
     plain = timed(train_step, args.steps, torch.device("cpu"))  # after two warm-up steps
     timer = _Timer()
@@ -111,16 +111,16 @@ def main() -> None:
 
 def inference(args: argparse.Namespace, calls: int) -> None:
     """Node kinds of the batch-1 traced forward, timed by its static runtime over ``calls``."""
-    from speed import SHAPES, make_batch, training_setup
+    from speed import SHAPES, make_batch, parse_kept, training_setup
     from torch.utils.flop_counter import FlopCounterMode
 
     from dicmor.traced import TracedForward
 
     dataset, kept = args.case.split(":")
     cpu = torch.device("cpu")
-    model, _ = training_setup(dataset, int(kept), cpu)
+    model, _ = training_setup(dataset, parse_kept(kept), cpu)
     model.eval()
-    batch = make_batch(SHAPES[dataset], 1, int(kept), cpu)
+    batch = make_batch(SHAPES[dataset], 1, parse_kept(kept), cpu)
     with torch.no_grad():
         model(batch)  # builds what the model keeps between eval calls (the flows' maps)
         with FlopCounterMode(display=False) as flops:

@@ -2,7 +2,9 @@
 
 Each case runs in its own process so that peak resident memory is its own. Inputs are random
 tensors of MOSI / MOSEI shape (T = 50; text 768, audio 5 / 74, vision 20 / 35); "kept" is the
-number of available modalities (the others are recovered). Medians over repeated passes.
+number of available modalities (the others are recovered), or "r": each entry missing at random
+(MR = 0.3, the batches of a random protocol, whose samples miss different modalities). Medians
+over repeated passes.
 Batch-1 inference is timed with the plain forward and with the traced one (`dicmor.traced`,
 what ``predict(fast=True)`` runs).
 
@@ -33,13 +35,36 @@ SHAPES = {
     "mosei": {"text": 768, "audio": 74, "vision": 35},
 }
 BATCH = {"mosi": 4, "mosei": 16}
-CASES = [f"{dataset}:{kept}" for dataset in SHAPES for kept in (1, 3)]
+CASES = [f"{dataset}:{kept}" for dataset in SHAPES for kept in ("1", "3", "r")]
+RANDOM_RATE = 0.3
+"""Missing rate of the ``r`` cases: each (sample, modality) entry missing with this probability,
+redrawn for a sample left with none (the training batches of a random protocol)."""
 
 
-def make_batch(dims: dict[str, int], batch: int, kept: int, device: torch.device) -> dict:
+def parse_kept(kept: str) -> int | str:
+    """``1``, ``2``, … modalities kept by every sample, or ``r`` (random, `RANDOM_RATE`)."""
+    return kept if kept == "r" else int(kept)
+
+
+def _availability(batch: int, modalities: int, kept: int | str) -> torch.Tensor:
+    if kept != "r":
+        available = torch.zeros(batch, modalities, dtype=torch.bool)
+        available[:, :kept] = True
+        return available
+    generator = torch.Generator().manual_seed(batch)
+    available = torch.rand(batch, modalities, generator=generator) >= RANDOM_RATE
+    while not bool(available.any(dim=1).all()):
+        empty = ~available.any(dim=1)
+        redrawn = torch.rand(int(empty.sum()), modalities, generator=generator) >= RANDOM_RATE
+        available[empty] = redrawn
+    return available
+
+
+def make_batch(dims: dict[str, int], batch: int, kept: int | str, device: torch.device) -> dict:
+    """Random inputs of ``dims``' shape; ``kept`` modalities available (the first ones), or
+    ``r``: each entry missing at random."""
     names = tuple(dims)
-    available = torch.zeros(batch, len(names), dtype=torch.bool)
-    available[:, :kept] = True
+    available = _availability(batch, len(names), kept)
     inputs = {
         m: torch.randn(batch, 50, d) * available[:, j, None, None]
         for j, (m, d) in enumerate(dims.items())
@@ -69,7 +94,7 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def training_setup(dataset: str, kept: int, device: torch.device) -> tuple:
+def training_setup(dataset: str, kept: int | str, device: torch.device) -> tuple:
     """DiCMoR in its published configuration for ``dataset``, in its protocol stage, and one
     training step on a random batch with ``kept`` modalities available: (model, train_step)."""
     from dicmor.config import load_config
@@ -97,7 +122,7 @@ def training_setup(dataset: str, kept: int, device: torch.device) -> tuple:
     return model, train_step
 
 
-def run_case(dataset: str, kept: int, repeats: int, device_name: str) -> dict:
+def run_case(dataset: str, kept: int | str, repeats: int, device_name: str) -> dict:
     device = torch.device(device_name)
     dims = SHAPES[dataset]
     model, train_step = training_setup(dataset, kept, device)
@@ -223,7 +248,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.case:
         dataset, kept = args.case.split(":")
-        print(json.dumps(run_case(dataset, int(kept), args.repeats, args.device)))
+        print(json.dumps(run_case(dataset, parse_kept(kept), args.repeats, args.device)))
         return
     if args.before:
         compare(args.before, args)

@@ -18,7 +18,7 @@ from dicmor.config import ModelConfig
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo
 from dicmor.models.extractors import ShallowExtractors
-from dicmor.models.recovery import Recovering, fill_recovered, missing_subsets
+from dicmor.models.recovery import Recovering, fill_recovered, recovery_passes
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
@@ -72,14 +72,12 @@ class CrossModalRegression(Recovering):
         # Unavailable modalities' features are zeros, and weighted 0 besides.
         source = torch.einsum("mbct,bm->bct", stacked, weights) / count[:, None, None]
         estimates = {}
-        # Modalities missing from the same samples are regressed together.
-        for index, targets in missing_subsets(available):
-            inputs = source.index_select(0, index)  # (n, d, T')
+        # Missing modalities are regressed together, as the groups of one module.
+        for recovery in recovery_passes(available):
             outputs = self.regressors(
-                inputs.expand(len(targets), *inputs.shape), group=targets
+                recovery.inputs(source), group=recovery.targets
             )  # (len(targets), n, d, T')
-            for j, x in zip(targets, outputs.unbind(0), strict=True):
-                estimates[j] = (index, x)
+            estimates.update(recovery.estimates(outputs))
         return fill_recovered(features, names, estimates)
 
     def loss(self, output: dict[str, Any], batch: dict) -> dict[str, torch.Tensor]:

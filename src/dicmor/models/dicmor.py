@@ -27,7 +27,7 @@ from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
 from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo, Stage
 from dicmor.models.extractors import ShallowExtractors
-from dicmor.models.recovery import Recovering, fill_recovered, missing_subsets
+from dicmor.models.recovery import Recovering, fill_recovered, recovery_passes
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
@@ -330,23 +330,21 @@ class DiCMoR(Recovering):
         if self.mergers is None:
             fused = self._fuse_latents(full, weights)
         refinements: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        # Modalities missing from the same samples decode and refine together.
-        for index, targets in missing_subsets(available):
+        # Missing modalities decode and refine together, as the groups of one module (see
+        # `recovery_passes`); the public merge decodes per set of samples.
+        for recovery in recovery_passes(available, padded=fused is not None):
+            targets = recovery.targets
             if fused is None:
+                index = recovery.indices[0]
                 decoded = torch.stack(
                     [self._decode_merge(j, full[:, index], weights[index]) for j in targets]
                 )  # (len(targets), n, d, T')
             else:
-                latent = fused.index_select(0, index)  # (n, d, T')
-                decoded = self._inverse(
-                    latent.expand(len(targets), *latent.shape), targets
-                )  # (len(targets), n, d, T')
+                decoded = self._inverse(recovery.inputs(fused), targets)  # (len(targets), n, d, T')
             bound = self.feature_bound[targets][:, None, None, None]
             decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
-            # Their refinement networks run together too, as the groups of one module.
             refined = decoded if self.refiners is None else self.refiners(decoded, group=targets)
-            for j, x in zip(targets, refined.unbind(0), strict=True):
-                refinements[j] = (index, x)
+            refinements.update(recovery.estimates(refined))
         return fill_recovered(features, names, refinements)
 
     def _fuse_latents(self, full: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -22,6 +22,66 @@ def missing_subsets(available: torch.Tensor) -> list[tuple[torch.Tensor, list[in
         if index.numel() > 0:
             subsets.setdefault(tuple(index.tolist()), (index, []))[1].append(j)
     return list(subsets.values())
+
+
+PADDED_PASS_MAX_EXTRA = 4
+"""Modalities missing from different samples are recovered in one pass of their grouped networks,
+each group on as many samples as the modality missing from most (the others padded by repeating
+a sample, the padding dropped), when that pass computes at most this many samples beyond the
+missing entries for each pass it saves; otherwise one pass per set of samples. Measured on a
+2-core AMD EPYC (torch 2.13; a DiCMoR training step's forward and backward, the two ways
+alternating in one process, medians): MOSI (4 samples, width 32) under random MR = 0.3 1.19 times
+faster, and 1.23–1.32 times for missing counts (1, 2, 1) to (1, 4, 1), 6 extra samples for 2
+passes saved; MOSEI (16 samples, width 64) 1.04 times under random MR = 0.3, 1.02 for (4, 6, 4)
+(4 extra), level for (3, 8, 3) (10 extra), 0.88–0.90 for (2, 10, 2) and (2, 12, 1)."""
+
+
+@dataclass(frozen=True)
+class RecoveryPass:
+    """One pass of the grouped recovery networks over the modalities ``targets``.
+
+    ``indices[g]`` are the samples that miss ``targets[g]``; ``rows`` ``(len(targets), n)`` the
+    samples each group runs on (its own first, then its last repeated up to n), or None when
+    every target misses the same samples (then one gather serves all groups).
+    """
+
+    targets: list[int]
+    indices: list[torch.Tensor]
+    rows: torch.Tensor | None = None
+
+    def inputs(self, source: torch.Tensor) -> torch.Tensor:
+        """What each group runs on: ``source (B, *)`` → ``(len(targets), n, *)``."""
+        if self.rows is None:
+            selected = source.index_select(0, self.indices[0])
+            return selected.expand(len(self.targets), *selected.shape)
+        groups, n = self.rows.shape
+        return source.index_select(0, self.rows.flatten()).view(groups, n, *source.shape[1:])
+
+    def estimates(self, outputs: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """``outputs (len(targets), n, *)`` → ``{j: (index (n_j,), estimate (n_j, *))}``, the
+        padding dropped."""
+        return {
+            j: (index, x[: index.numel()])
+            for j, index, x in zip(self.targets, self.indices, outputs.unbind(0), strict=True)
+        }
+
+
+def recovery_passes(available: torch.Tensor, padded: bool = True) -> list[RecoveryPass]:
+    """The passes that recover everything ``available: (B, M)`` hides: one per distinct set of
+    samples (`missing_subsets`), or, with ``padded``, a single pass over every missing modality
+    where it computes few enough samples beyond the missing entries (`PADDED_PASS_MAX_EXTRA`)."""
+    subsets = missing_subsets(available)
+    if padded and len(subsets) > 1:
+        targets = sorted(j for _, group in subsets for j in group)
+        indices = [(~available[:, j]).nonzero().squeeze(1) for j in targets]
+        n = max(int(index.numel()) for index in indices)
+        extra = len(targets) * n - sum(int(index.numel()) for index in indices)
+        if extra <= PADDED_PASS_MAX_EXTRA * (len(subsets) - 1):
+            rows = torch.stack(
+                [torch.cat([index, index[-1:].expand(n - index.numel())]) for index in indices]
+            )  # (len(targets), n)
+            return [RecoveryPass(targets, indices, rows)]
+    return [RecoveryPass(group, [index] * len(group)) for index, group in subsets]
 
 
 def fill_recovered(
