@@ -24,16 +24,18 @@ def missing_subsets(available: torch.Tensor) -> list[tuple[torch.Tensor, list[in
     return list(subsets.values())
 
 
-PADDED_PASS_MAX_EXTRA = 4
+PADDED_PASS_MAX_EXTRA = 2
 """Modalities missing from different samples are recovered in one pass of their grouped networks,
 each group on as many samples as the modality missing from most (the others padded by repeating
 a sample, the padding dropped), when that pass computes at most this many samples beyond the
-missing entries for each pass it saves; otherwise one pass per set of samples. Measured on a
-2-core AMD EPYC (torch 2.13; a DiCMoR training step's forward and backward, the two ways
-alternating in one process, medians): MOSI (4 samples, width 32) under random MR = 0.3 1.19 times
-faster, and 1.23–1.32 times for missing counts (1, 2, 1) to (1, 4, 1), 6 extra samples for 2
-passes saved; MOSEI (16 samples, width 64) 1.04 times under random MR = 0.3, 1.02 for (4, 6, 4)
-(4 extra), level for (3, 8, 3) (10 extra), 0.88–0.90 for (2, 10, 2) and (2, 12, 1)."""
+missing entries for each pass it saves; otherwise one pass per set of samples. A pass costs a
+fixed number of small operations, a padded sample its arithmetic: measured on a 2-core AMD EPYC
+(torch 2.13; DiCMoR training steps, the two ways alternating in one process, medians), MOSI's
+call-bound batches of 4 (width 32) gain even from 6 extra samples for 2 passes saved (missing
+counts (1, 2, 1) to (1, 4, 1): 1.23–1.32 times faster), MOSEI's batches of 16 (width 64) only
+from a few: 1.05–1.07 with 2 extra samples for 2 passes saved, level at 7, 0.96 at 9, 0.88 at 16.
+With this cut, `benchmarks/speed.py`'s eight random-protocol batches (``r``): MOSI 1.12 times,
+MOSEI 1.02."""
 
 
 @dataclass(frozen=True)
