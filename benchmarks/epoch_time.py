@@ -31,14 +31,9 @@ SIZES = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="mosi", choices=sorted(SIZES))
-    parser.add_argument("--methods", nargs="+", default=["zero_fill", "dicmor"])
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    (n_train, n_valid, n_test), dims = SIZES[args.preset]
+def generated_data(preset: str):
+    """A generated file in the exact MMSA layout with ``preset``'s split sizes, loaded."""
+    (n_train, n_valid, n_test), dims = SIZES[preset]
     with tempfile.TemporaryDirectory() as tmp:
         path = write_mmsa_pickle(
             Path(tmp) / "aligned_50.pkl",
@@ -47,7 +42,18 @@ def main() -> None:
             n_test=n_test,
             dims=dims,
         )
-        data = load_mmsa(path)
+        return load_mmsa(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="mosi", choices=sorted(SIZES))
+    parser.add_argument("--methods", nargs="+", default=["zero_fill", "dicmor"])
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    (n_train, n_valid, _), _ = SIZES[args.preset]
+    data = generated_data(args.preset)
     names = data.modality_names
     print(
         f"{args.preset}-shaped file: train {n_train}, valid {n_valid}; torch "

@@ -48,3 +48,17 @@ def test_a_replay_runs_every_recorded_product() -> None:
     seconds = op_time._replayed([("k", product, (a, b), {}), ("k", product, (a, b), {})], 4)
     assert seconds > 0
     assert len(calls) == 2 * (4 + 5)  # 5 warm-up passes, then 4 timed ones
+
+
+def test_the_padding_comparison_alternates_the_cut_and_restores_it() -> None:
+    import recovery_passes
+
+    import dicmor.models.recovery as recovery
+
+    cut = recovery.PADDED_PASS_MAX_EXTRA
+    seen = []
+    seconds = recovery_passes._alternating(lambda: seen.append(recovery.PADDED_PASS_MAX_EXTRA), 3)
+    none = recovery_passes.NO_PADDED_PASS
+    assert seen == [cut, none, none, cut, cut, none]
+    assert sorted(seconds) == sorted([cut, none]) and all(len(v) == 3 for v in seconds.values())
+    assert cut == recovery.PADDED_PASS_MAX_EXTRA

@@ -41,7 +41,7 @@ def test_modalities_missing_from_different_samples_run_in_one_padded_pass() -> N
 
 
 def test_a_pass_that_would_compute_much_padding_stays_one_pass_per_set_of_samples() -> None:
-    # 3 groups of 12 samples for 14 missing entries: 22 padded samples, more than 4 per pass saved.
+    # 3 groups of 12 samples for 14 missing entries: 22 padded samples for 2 passes saved.
     available = _available(16, {0: [0], 1: list(range(1, 13)), 2: [13]})
     passes = recovery_passes(available)
     assert [(p.targets, p.rows) for p in passes] == [([0], None), ([1], None), ([2], None)]

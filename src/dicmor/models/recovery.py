@@ -74,8 +74,9 @@ def recovery_passes(available: torch.Tensor, padded: bool = True) -> list[Recove
     where it computes few enough samples beyond the missing entries (`PADDED_PASS_MAX_EXTRA`)."""
     subsets = missing_subsets(available)
     if padded and len(subsets) > 1:
-        targets = sorted(j for _, group in subsets for j in group)
-        indices = [(~available[:, j]).nonzero().squeeze(1) for j in targets]
+        missing = {j: index for index, group in subsets for j in group}
+        targets = sorted(missing)
+        indices = [missing[j] for j in targets]
         n = max(int(index.numel()) for index in indices)
         extra = len(targets) * n - sum(int(index.numel()) for index in indices)
         if extra <= PADDED_PASS_MAX_EXTRA * (len(subsets) - 1):
