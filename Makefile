@@ -27,7 +27,7 @@ format: setup
 	$(BIN)/ruff format src tests scripts benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/speed.py $(if $(BEFORE),--before $(BEFORE))
+	$(BIN)/python benchmarks/speed.py $(if $(BEFORE),--before $(BEFORE)) $(if $(PRECISION),--precision $(PRECISION))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -9,10 +9,13 @@ Batch-1 inference is timed with the plain forward and with the traced one (`dicm
 what ``predict(fast=True)`` runs).
 
 Usage: python benchmarks/speed.py [--threads 2] [--repeats 5] [--device cpu]
+                                  [--precision float32|bfloat16]
        python benchmarks/speed.py --before COMMIT [--rounds 2]   (make bench BEFORE=COMMIT)
 
 With ``--before`` every case runs with the code of that commit (a temporary git worktree) and
 with this checkout's, alternating in one run, and the table gives before / after and the ratio.
+``--precision`` is the training step's (``train.precision``, this checkout's code only: the code
+of ``--before`` trains in float32); inference is always float32.
 """
 
 from __future__ import annotations
@@ -98,11 +101,16 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def training_setup(dataset: str, kept: int | str, device: torch.device) -> tuple:
+def training_setup(
+    dataset: str, kept: int | str, device: torch.device, precision: str = "float32"
+) -> tuple:
     """DiCMoR in its published configuration for ``dataset``, in its protocol stage, and one
     training step on a random batch with ``kept`` modalities available: (model, train_step).
     For ``r``, ``train_step`` takes one step on each of `RANDOM_BATCHES` batches of different
-    patterns (``train_step.steps``)."""
+    patterns (``train_step.steps``). The forward and losses run in ``precision``, as the
+    training loop runs them (`dicmor.nn.precision.autocast`)."""
+    import contextlib
+
     from dicmor.config import load_config
     from dicmor.models.base import DataInfo
     from dicmor.registry import build_model
@@ -120,10 +128,19 @@ def training_setup(dataset: str, kept: int | str, device: torch.device) -> tuple
         for i in range(RANDOM_BATCHES if kept == "r" else 1)
     ]
 
+    if precision == "float32":
+        context = contextlib.nullcontext
+    else:  # code from before the option trains in float32 only
+        from dicmor.nn.precision import autocast
+
+        def context() -> contextlib.AbstractContextManager:
+            return autocast(precision, device)
+
     def train_step() -> None:
         model.train()
         for batch in batches:
-            losses = model.loss(model(batch), batch)
+            with context():
+                losses = model.loss(model(batch), batch)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             torch.nn.utils.clip_grad_value_(params, 0.6, foreach=True)
@@ -133,10 +150,12 @@ def training_setup(dataset: str, kept: int | str, device: torch.device) -> tuple
     return model, train_step
 
 
-def run_case(dataset: str, kept: int | str, repeats: int, device_name: str) -> dict:
+def run_case(
+    dataset: str, kept: int | str, repeats: int, device_name: str, precision: str = "float32"
+) -> dict:
     device = torch.device(device_name)
     dims = SHAPES[dataset]
-    model, train_step = training_setup(dataset, kept, device)
+    model, train_step = training_setup(dataset, kept, device, precision)
     step = timed(train_step, repeats, device) / train_step.steps
     model.eval()
     latency = {}
@@ -160,6 +179,7 @@ def run_case(dataset: str, kept: int | str, repeats: int, device_name: str) -> d
         "dataset": dataset,
         "batch": BATCH[dataset],
         "kept": kept,
+        "precision": precision,
         "train_step_ms": 1000 * step,
         "samples_per_s": BATCH[dataset] / step,
         "infer_b1_ms": 1000 * latency[1],
@@ -174,15 +194,17 @@ def run_case(dataset: str, kept: int | str, repeats: int, device_name: str) -> d
 
 
 def _case(
-    case: str, args: argparse.Namespace, source: Path | None = None
+    case: str, args: argparse.Namespace, source: Path | None = None, precision: str = "float32"
 ) -> dict[str, float | str | None]:
     """One case measured in a process of its own, with the package at ``source`` (a ``src``
-    folder) or the installed one."""
+    folder) or the installed one, training in ``precision``."""
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     command = [sys.executable, __file__, "--case", case, "--threads", str(args.threads)]
     command += ["--repeats", str(args.repeats), "--device", args.device]
+    if precision != "float32":
+        command += ["--precision", precision]
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -211,7 +233,10 @@ def compare(commit: str, args: argparse.Namespace) -> None:
     before_source = _worktree(commit, folder)
     after_source = root / "src"
     try:
-        print(f"before: {commit}; after: this checkout; {args.threads} threads, {args.device}")
+        print(
+            f"before: {commit} (float32); after: this checkout (training in {args.precision});"
+            f" {args.threads} threads, {args.device}"
+        )
         header = "case          " + "  ".join(f"{c:>24s}" for c in COLUMNS)
         print(
             header
@@ -224,7 +249,7 @@ def compare(commit: str, args: argparse.Namespace) -> None:
             runs: dict[str, list[dict]] = {"before": [], "after": []}
             for _ in range(args.rounds):
                 runs["before"].append(_case(case, args, before_source))
-                runs["after"].append(_case(case, args, after_source))
+                runs["after"].append(_case(case, args, after_source, args.precision))
             cells = []
             for column in COLUMNS:
                 mark = ""
@@ -254,17 +279,27 @@ def main() -> None:
     parser.add_argument(
         "--cases", nargs="+", default=CASES, choices=CASES, help="dataset:kept (default: all)"
     )
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="the training step's arithmetic (train.precision; this checkout's code only)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.case:
         dataset, kept = args.case.split(":")
-        print(json.dumps(run_case(dataset, parse_kept(kept), args.repeats, args.device)))
+        result = run_case(dataset, parse_kept(kept), args.repeats, args.device, args.precision)
+        print(json.dumps(result))
         return
     if args.before:
         compare(args.before, args)
         return
-    print(f"torch {torch.__version__}, {args.threads} threads, device {args.device}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, device {args.device},"
+        f" training in {args.precision}"
+    )
     header = (
         "case          step ms  samples/s  infer b1 ms  b1 traced ms  infer b32 ms  params M"
         "  peak MiB"
@@ -272,7 +307,7 @@ def main() -> None:
     print(header)
     for case in args.cases:
         dataset, kept = case.split(":")
-        r = _case(case, args)
+        r = _case(case, args, precision=args.precision)
         print(
             f"{dataset:6s} kept={kept}  {r['train_step_ms']:7.1f}  {r['samples_per_s']:9.1f}"
             f"  {r['infer_b1_ms']:11.1f}  {r['infer_b1_traced_ms']:12.1f}"

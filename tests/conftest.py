@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,28 @@ def train_batch(data, mask: np.ndarray, present: np.ndarray | None = None) -> di
     if present is not None:
         split.present[:] = present
     return next(iter(Batches(split, data.modality_names, mask, 8, with_targets=True)))
+
+
+PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution")
+
+
+@contextmanager
+def product_dtypes() -> Iterator[list[torch.dtype]]:
+    """The dtype of every product (mm, bmm, addmm, baddbmm, convolution) run in the block,
+    forward and backward, in order."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: list[torch.dtype] = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.__name__.split(".")[0] in PRODUCTS:
+                seen.append(out.dtype)
+            return out
+
+    with Record():
+        yield seen
 
 
 @pytest.fixture(autouse=True)

@@ -60,6 +60,7 @@ def load_config_from_dict(data: dict) -> Config:
         ("train:\n  batch_size: 0\n", "train.batch_size must be >= 1"),
         ("missing:\n  kind: random\n  rate: 0.9\n  keep: [a]\n", "missing"),
         ("model:\n  dicmor:\n    transfer: average\n", "model.dicmor.transfer must be one of"),
+        ("train:\n  precision: half\n", "train.precision must be one of"),
         ("- a\n- b\n", "top level must be a mapping"),
         ("train: [\n", "not valid YAML"),
     ],

@@ -182,3 +182,35 @@ def test_alignment_trains_the_flows_only() -> None:
     losses["alignment"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.flows.parameters())
     assert all(p.grad is None for p in model.extractors.parameters())
+
+
+def test_under_bfloat16_autocast_the_flows_and_likelihood_stay_float32() -> None:
+    from dicmor.nn.precision import autocast
+
+    model, data = build()
+    mask = np.ones((24, 3), dtype=bool)
+    mask[[0, 3], 0] = False
+    mask[[1, 3], 2] = False
+    batch = train_batch(data, mask, np.ones((24, 3), dtype=bool))
+    model.train()
+    model.loss(model(batch), batch)  # data-dependent initialisations happen here
+    model.eval()  # no dequantisation noise: the two encodings see the same input
+    with torch.no_grad():
+        features = model.extractors(batch)
+        expected = model._encode(features, batch["available"])
+        with autocast("bfloat16", torch.device("cpu")):
+            latents = model._encode(features, batch["available"])
+            decoded = model._inverse(latents["audio"][1], 0)
+            output = model(batch)
+            nll = model.loss(output, batch)["nll"]
+        reference = model.loss(output, batch)["nll"]
+        decoded_reference = model._inverse(expected["audio"][1], 0)
+    for m, (index, z, logdet) in expected.items():
+        assert torch.equal(latents[m][0], index)
+        assert latents[m][1].dtype == latents[m][2].dtype == torch.float32
+        assert torch.equal(latents[m][1], z) and torch.equal(latents[m][2], logdet)
+    assert decoded.dtype == torch.float32 and torch.equal(decoded, decoded_reference)
+    assert nll.dtype == torch.float32 and torch.equal(nll, reference)
+    # The refinement and fusion ran in bfloat16, the recovered rows filled into its features.
+    assert output["features"]["text"].dtype == torch.bfloat16
+    assert all(z.dtype == torch.float32 for _, z, _ in output["latents"].values())

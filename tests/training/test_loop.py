@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from tests.conftest import small_config, tiny_dataset
+from tests.conftest import product_dtypes, small_config, tiny_dataset
 from torch.optim.optimizer import (
     register_optimizer_step_post_hook,
     register_optimizer_step_pre_hook,
@@ -19,7 +20,7 @@ from dicmor.data.batches import Batches
 from dicmor.data.dataset import MultimodalDataset
 from dicmor.models.base import DataInfo, MultimodalModel
 from dicmor.registry import build_model
-from dicmor.training.loop import TrainingError, fit
+from dicmor.training.loop import TrainingError, fit, predict
 
 NO_DROPOUT = {
     f"model.mult.{name}": 0.0
@@ -231,3 +232,28 @@ def test_features_that_overflow_stop_training_with_a_clear_error() -> None:
     config = TrainConfig(batch_size=8, max_epochs=2, progress=False)
     with pytest.raises(TrainingError, match=r"non-finite loss at epoch 1, step 1"):
         fit(model, batches(data, "train", 8), batches(data, "valid", 8), config)
+
+
+def test_bfloat16_training_steps_and_validates_in_bfloat16_and_predicts_in_float32() -> None:
+    data = tiny_dataset()
+    train, valid = batches(data, "train", 8), batches(data, "valid", 8)
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        model = zero_fill(data, **NO_DROPOUT)
+        config = replace(small_config("zero_fill").train, precision=precision, max_epochs=3)
+        with product_dtypes() as dtypes:
+            result = fit(model, train, valid, config)
+        with product_dtypes() as predicting:
+            predict(model, valid)
+        results[precision] = result
+        if precision == "float32":
+            assert set(dtypes) == {torch.float32}
+        else:
+            assert torch.bfloat16 in dtypes
+        # Autocast ends with the loop: test predictions are float32.
+        assert predicting and set(predicting) == {torch.float32}
+    reference, low = results["float32"], results["bfloat16"]
+    assert low.epochs_run == reference.epochs_run
+    for ours, theirs in zip(low.history, reference.history, strict=True):
+        for key in ("train_total", "valid_total"):
+            assert ours[key] == pytest.approx(theirs[key], rel=2e-2), key

@@ -34,6 +34,7 @@ from dicmor.errors import ConfigError
 from dicmor.models.base import DataInfo, ModelOutput, MultimodalModel, Stage
 from dicmor.models.mean_fill import RunningMean
 from dicmor.models.utterance import mlp, utterance_vectors
+from dicmor.nn.precision import full_precision, widened
 from dicmor.registry import register
 
 
@@ -78,7 +79,16 @@ def canonical_correlation(
 ) -> torch.Tensor:
     """Andrew et al.'s total correlation of two views ``(n, k1)`` and ``(n, k2)``: the sum of
     the top ``k`` (default all) singular values of T = Σ11^{-1/2} Σ12 Σ22^{-1/2}, with the
-    covariances centred, divided by n − 1 and ridged by ``ridge`` · I."""
+    covariances centred, divided by n − 1 and ridged by ``ridge`` · I. In float32 under
+    autocast: bfloat16 covariances would be too coarse for their inverse square roots."""
+    h1, h2 = widened(h1), widened(h2)
+    with full_precision(h1):
+        return _canonical_correlation(h1, h2, ridge, k)
+
+
+def _canonical_correlation(
+    h1: torch.Tensor, h2: torch.Tensor, ridge: float, k: int | None
+) -> torch.Tensor:
     n = h1.shape[0]
     h1 = h1 - h1.mean(dim=0)
     h2 = h2 - h2.mean(dim=0)
@@ -180,7 +190,7 @@ class DCCA(MultimodalModel):
         projections = output["latents"]["projections"]
         available = batch["available"]
         # Zero, but on the graph of the projections, when no pair qualifies.
-        total = sum(p.sum() for p in projections.values()) * 0.0
+        total = sum(widened(p).sum() for p in projections.values()) * 0.0
         for i, j in itertools.combinations(range(len(names)), 2):
             both = (available[:, i] & available[:, j]).nonzero().squeeze(1)
             if len(both) <= options.out_dim:

@@ -28,6 +28,7 @@ from dicmor.fusion.mult import MulT
 from dicmor.models.base import DataInfo, Stage
 from dicmor.models.extractors import ShallowExtractors
 from dicmor.models.recovery import Recovering, fill_recovered, recovery_passes
+from dicmor.nn.precision import full_precision, widened
 from dicmor.nn.rcan import RefinementNetwork
 from dicmor.registry import register
 
@@ -266,7 +267,18 @@ class DiCMoR(Recovering):
         latents = {}
         if not present:
             return latents
-        stacked = self._dequantized(torch.stack([features[m] for m in names]), available)
+        stacked = widened(torch.stack([features[m] for m in names]))
+        # The flows, their log-determinants and the likelihoods run in float32 under autocast.
+        with full_precision(stacked):
+            return self._encode_stacked(stacked, available, present)
+
+    def _encode_stacked(
+        self, stacked: torch.Tensor, available: torch.Tensor, present: list[int]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """`_encode` of ``stacked: (M, B, d, T')``, the modalities ``present`` in the batch."""
+        names = self.info.modality_names
+        latents = {}
+        stacked = self._dequantized(stacked, available)
         if self.flows is None:
             # Identity flows: the latent is the feature itself, of log-determinant 0.
             z, logdet = stacked, stacked.new_zeros(stacked.shape[:2])
@@ -294,11 +306,13 @@ class DiCMoR(Recovering):
         """Decode latents with the flows of ``group`` (identity flows: unchanged)."""
         if self.flows is None:
             return z
-        if self.options.recovery_trains_flows:
-            return self.flows.inverse(z, group=group)
-        # No gradient reaches the flows through the recovery (SPEC §5.5).
-        with torch.no_grad():
-            return self.flows.inverse(z, group=group)
+        z = widened(z)
+        with full_precision(z):
+            if self.options.recovery_trains_flows:
+                return self.flows.inverse(z, group=group)
+            # No gradient reaches the flows through the recovery (SPEC §5.5).
+            with torch.no_grad():
+                return self.flows.inverse(z, group=group)
 
     def _recover(
         self,
@@ -315,12 +329,14 @@ class DiCMoR(Recovering):
         """
         names = self.info.modality_names
         reference = next(iter(features.values()))
-        weights = available.to(reference.dtype)  # (B, M)
+        # Latents are float32 under autocast, as the flows that make them.
+        dtype = torch.promote_types(reference.dtype, torch.float32)
+        weights = available.to(dtype)  # (B, M)
         keep_graph = self.options.recovery_trains_flows and self.flows is not None
         # Every modality's latents on the whole batch, zeros where unavailable.
         rows = []
         for m in names:
-            row = reference.new_zeros(reference.shape)
+            row = reference.new_zeros(reference.shape, dtype=dtype)
             if m in latents:
                 index, z, _ = latents[m]
                 row = row.index_copy(0, index, z if keep_graph else z.detach())
@@ -328,7 +344,8 @@ class DiCMoR(Recovering):
         full = torch.stack(rows) * weights.T[:, :, None, None]  # (M, B, d, T')
         fused = None
         if self.mergers is None:
-            fused = self._fuse_latents(full, weights)
+            with full_precision(full):
+                fused = self._fuse_latents(full, weights)
         refinements: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         # Missing modalities decode and refine together, as the groups of one module (see
         # `recovery_passes`); the public merge decodes per set of samples.
@@ -410,9 +427,10 @@ class DiCMoR(Recovering):
                 latents = self._encode(output["features"], batch["available"])
             if self.training and not bool(self.prior_initialized):
                 self._initialize_prior(latents, classes)
-            for index, z, logdet in latents.values():
-                log_prob = self.prior.log_prob(z, classes.index_select(0, index))
-                nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
+            with full_precision(task):
+                for index, z, logdet in latents.values():
+                    log_prob = self.prior.log_prob(z, classes.index_select(0, index))
+                    nll = nll + nll_bits_per_dim(log_prob, logdet, z.shape[1] * z.shape[2])
         alignment = zero
         if options.align_weight > 0 and latents:
             alignment = self._alignment(latents, batch["available"])

@@ -35,6 +35,7 @@ from dicmor.data.batches import Batch
 from dicmor.errors import ConfigError
 from dicmor.models.base import DataInfo, ModelOutput, MultimodalModel, Stage
 from dicmor.models.utterance import mlp
+from dicmor.nn.precision import widened
 from dicmor.registry import register
 
 
@@ -224,10 +225,11 @@ class MMIN(MultimodalModel):
             target = self.embed(self.teacher["encoders"], batch["targets"])
             self.teacher.train(mode)
         size = self.options.embed_dim
-        weight = batch["present"].to(imagined.dtype).repeat_interleave(size, dim=1)  # (B, M·E)
+        dtype = torch.promote_types(imagined.dtype, torch.float32)
+        weight = batch["present"].to(dtype).repeat_interleave(size, dim=1)  # (B, M·E)
         if not bool(weight.any()):
             return imagined.new_zeros(())
-        return ((imagined - target).square() * weight).sum() / weight.sum()
+        return ((widened(imagined) - widened(target)).square() * weight).sum() / weight.sum()
 
     def loss(self, output: ModelOutput, batch: Batch) -> dict[str, torch.Tensor]:
         """task; for the student also ``imagination`` (× 4) and ``cycle`` (× 2)."""

@@ -9,6 +9,7 @@ import torch
 from dicmor.config import ConfigError, ModelConfig
 from dicmor.models.base import DataInfo, Stage
 from dicmor.models.two_stage import TwoStage
+from dicmor.nn.precision import widened
 
 
 def missing_subsets(available: torch.Tensor) -> list[tuple[torch.Tensor, list[int]]]:
@@ -99,7 +100,7 @@ def fill_recovered(
     for j, m in enumerate(names):
         if j in estimates:
             index, estimate = estimates[j]
-            filled[m] = features[m].index_copy(0, index, estimate)
+            filled[m] = features[m].index_copy(0, index, estimate.to(features[m].dtype))
             recovered[m] = (index, estimate)
     return filled, recovered
 
@@ -158,7 +159,8 @@ class Recovering(TwoStage):
                     continue
                 keep = real.nonzero().squeeze(1)
                 target = self.target_features(m, batch, index.index_select(0, keep))
-                errors.append((recovered.index_select(0, keep) - target).square().mean())
+                error = widened(recovered.index_select(0, keep)) - widened(target)
+                errors.append(error.square().mean())
         if not errors:
             return output["prediction"].new_zeros(())
         return torch.stack(errors).mean()

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dicmor.nn.precision import autocast_operands
+
 _LEVELS = 1 << 16
 
 
@@ -119,6 +121,7 @@ class _DroppedProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weights: Tensor, values: Tensor, runs: tuple, *masks: Tensor) -> Tensor:
+        weights, values, *masks = autocast_operands(weights, values, *masks)
         ctx.save_for_backward(weights, values, *masks)
         ctx.runs = runs
         parts, dropping_runs = [], iter(masks)

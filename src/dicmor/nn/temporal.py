@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from dicmor.nn.dropout import Dropout
+from dicmor.nn.precision import autocast_operands
 
 __all__ = ["TemporalConv", "temporal_conv"]
 
@@ -46,6 +47,7 @@ class _TemporalConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, taps: Tensor, kernel_size: int) -> Tensor:
+        x, taps = autocast_operands(x, taps)
         ctx.save_for_backward(x, taps)
         ctx.kernel_size = kernel_size
         return _taps_forward(x, taps, kernel_size)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from dicmor.nn.dropout import Dropout, dropout_matmul, thin_right_product
 from dicmor.nn.grouped import GroupedLayerNorm, GroupedLinear, grouped_linear, select_groups
+from dicmor.nn.precision import autocast_operands
 
 __all__ = [
     "TransformerEncoder",
@@ -92,6 +93,7 @@ class _ScaledScores(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, hidden: Tensor | None, scale: float) -> Tensor:
+        q, k, hidden = autocast_operands(q, k, hidden)
         ctx.save_for_backward(q, k)
         ctx.scale = scale
         if hidden is None:

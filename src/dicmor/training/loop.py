@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from dicmor.config import TrainConfig
 from dicmor.data.batches import Batches
 from dicmor.models.base import MultimodalModel
+from dicmor.nn.precision import autocast
 from dicmor.training import distributed
 from dicmor.training.state import rng_state, set_rng_state
 
@@ -54,13 +55,15 @@ def _summed(sums: dict[str, float], count: float, device: torch.device) -> tuple
     return dict(zip(keys, values, strict=True)), count
 
 
-def _mean_losses(model: MultimodalModel, batches: Batches) -> dict[str, float]:
+def _mean_losses(
+    model: MultimodalModel, batches: Batches, precision: str = "float32"
+) -> dict[str, float]:
     """Sample-weighted mean of each loss term over ``batches``, in eval mode, without gradients
-    (over every rank's share in a distributed run)."""
+    (over every rank's share in a distributed run), in ``precision`` (`TrainConfig`)."""
     model.eval()
     sums: dict[str, float] = defaultdict(float)
     count = 0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, batches.device):
         for batch in batches:
             size = _size(batches, batch)
             losses = model.loss(model(batch), batch)
@@ -207,7 +210,8 @@ def fit(
             # code's sum accumulation clips the reduced running sum after every micro-batch.
             local = not update and config.accumulation == "mean"
             with engine.no_sync() if local else contextlib.nullcontext():
-                total, losses = engine(batch)
+                with autocast(config.precision, train.device):
+                    total, losses = engine(batch)
                 if not torch.isfinite(losses["total"]) or not torch.isfinite(total):
                     raise TrainingError(
                         f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
@@ -227,7 +231,7 @@ def fit(
             seen += size
             bar.set_postfix(loss=f"{sums['total'] / max(seen, 1):.4f}")
         sums, seen = _summed(sums, seen, train.device)
-        valid_losses = _mean_losses(model, valid)
+        valid_losses = _mean_losses(model, valid, config.precision)
         if monitor not in valid_losses:
             raise TrainingError(
                 f"{desc}: the validation losses have no term '{monitor}' to select on "
