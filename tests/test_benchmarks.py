@@ -1,4 +1,4 @@
-"""The measuring helpers of ``benchmarks/op_time.py``."""
+"""The measuring helpers of the benchmarks (`op_time.py`, `recovery_passes.py`, `speed.py`)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,38 @@ def test_the_padding_comparison_alternates_the_cut_and_restores_it() -> None:
     assert seen == [cut, none, none, cut, cut, none]
     assert sorted(seconds) == sorted([cut, none]) and all(len(v) == 3 for v in seconds.values())
     assert cut == recovery.PADDED_PASS_MAX_EXTRA
+
+
+def test_the_speed_benchmark_trains_in_the_precision_it_is_given() -> None:
+    import speed
+
+    from tests.conftest import product_dtypes
+
+    for precision, expected in (("float32", {torch.float32}), ("bfloat16", {torch.bfloat16})):
+        _, train_step = speed.training_setup("mosi", 3, torch.device("cpu"), precision)
+        with product_dtypes() as dtypes:
+            train_step()
+        # DiCMoR's flows stay float32 under bfloat16 autocast; the rest is bfloat16.
+        assert expected <= set(dtypes) <= {torch.float32, torch.bfloat16}, precision
+        if precision == "float32":
+            assert set(dtypes) == expected
+
+
+def test_only_this_checkouts_cases_get_the_precision(monkeypatch) -> None:
+    import argparse
+    import subprocess
+
+    import speed
+
+    commands = []
+
+    def run(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout='{"train_step_ms": 1.0}\n')
+
+    monkeypatch.setattr(speed.subprocess, "run", run)
+    args = argparse.Namespace(threads=2, repeats=1, device="cpu")
+    speed._case("mosi:1", args, Path("before/src"))
+    speed._case("mosi:1", args, Path("after/src"), "bfloat16")
+    assert "--precision" not in commands[0]
+    assert commands[1][commands[1].index("--precision") + 1] == "bfloat16"
