@@ -97,3 +97,13 @@ def test_only_this_checkouts_cases_get_the_precision(monkeypatch) -> None:
     speed._case("mosi:1", args, Path("after/src"), "bfloat16")
     assert "--precision" not in commands[0]
     assert commands[1][commands[1].index("--precision") + 1] == "bfloat16"
+
+
+def test_the_precision_comparison_alternates_which_goes_first() -> None:
+    import precision
+
+    order = []
+    steps = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    seconds = precision.alternating(steps, 3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert all(len(v) == 3 for v in seconds.values())
