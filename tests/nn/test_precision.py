@@ -109,3 +109,20 @@ def test_a_transformer_layer_trains_in_bfloat16_close_to_float32() -> None:
     for name, parameter in layer.named_parameters():
         assert parameter.grad.dtype == torch.float32, name
         assert relative(parameter.grad, expected[name]) < 5e-2, name
+
+
+def test_bfloat16_on_a_cpu_without_bfloat16_products_warns(monkeypatch) -> None:
+    import warnings
+
+    from dicmor.nn import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    with pytest.warns(UserWarning, match="no bfloat16 products"):
+        precision.check_precision("bfloat16", CPU)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        precision.check_precision("bfloat16", CPU)
+        precision.check_precision("float32", CPU)
+        monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset())  # unknown: no warning
+        precision.check_precision("bfloat16", CPU)

@@ -11,12 +11,47 @@ gradients and optimiser state stay float32. What a bfloat16 mantissa (8 bits, re
 from __future__ import annotations
 
 import contextlib
+import functools
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 """``train.precision`` values → the autocast dtype (``None``: no autocast)."""
+
+
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""CPU flags (Linux ``/proc/cpuinfo``) of instructions that run bfloat16 products natively."""
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags as Linux reports them (empty where it does not)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Warn when ``precision`` is bfloat16 on a CPU known to lack bfloat16 products, where
+    PyTorch emulates them and training gets slower, not faster."""
+    if precision != "bfloat16" or device.type != "cpu":
+        return
+    flags = cpu_flags()
+    if flags and not any(flag in flags for flag in BFLOAT16_CPU_FLAGS):
+        warnings.warn(
+            "train.precision is bfloat16 but this CPU has no bfloat16 products "
+            f"({' / '.join(BFLOAT16_CPU_FLAGS)}): they are emulated, and training will be "
+            "slower than in float32",
+            stacklevel=2,
+        )
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from dicmor.config import TrainConfig
 from dicmor.data.batches import Batches
 from dicmor.models.base import MultimodalModel
-from dicmor.nn.precision import autocast
+from dicmor.nn.precision import autocast, check_precision
 from dicmor.training import distributed
 from dicmor.training.state import rng_state, set_rng_state
 
@@ -162,6 +162,7 @@ def fit(
     one line per epoch when no progress bar is shown (output not on a terminal).
     """
     monitor = monitor or config.select_on
+    check_precision(config.precision, train.device)
     params = [p for p in model.parameters() if p.requires_grad]
     world = distributed.current()
     engine = _engine(model, objective, train.device)
