@@ -110,6 +110,7 @@ def training_setup(
     patterns (``train_step.steps``). The forward and losses run in ``precision``, as the
     training loop runs them (`dicmor.nn.precision.autocast`)."""
     import contextlib
+    import functools
 
     from dicmor.config import load_config
     from dicmor.models.base import DataInfo
@@ -128,13 +129,11 @@ def training_setup(
         for i in range(RANDOM_BATCHES if kept == "r" else 1)
     ]
 
-    if precision == "float32":
-        context = contextlib.nullcontext
-    else:  # code from before the option trains in float32 only
+    context = contextlib.nullcontext
+    if precision != "float32":  # code from before the option has no `dicmor.nn.precision`
         from dicmor.nn.precision import autocast
 
-        def context() -> contextlib.AbstractContextManager:
-            return autocast(precision, device)
+        context = functools.partial(autocast, precision, device)
 
     def train_step() -> None:
         model.train()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,9 +111,9 @@ PRODUCTS = ("mm", "bmm", "addmm", "baddbmm", "convolution")
 
 
 @contextmanager
-def product_dtypes() -> Iterator[list[torch.dtype]]:
-    """The dtype of every product (mm, bmm, addmm, baddbmm, convolution) run in the block,
-    forward and backward, in order."""
+def op_dtypes(names: tuple[str, ...]) -> Iterator[list[torch.dtype]]:
+    """The output dtype of every ATen operation named in ``names`` run in the block, forward
+    and backward, in order."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     seen: list[torch.dtype] = []
@@ -120,12 +121,17 @@ def product_dtypes() -> Iterator[list[torch.dtype]]:
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            if func.__name__.split(".")[0] in PRODUCTS:
+            if func.__name__.split(".")[0] in names:
                 seen.append(out.dtype)
             return out
 
     with Record():
         yield seen
+
+
+def product_dtypes() -> contextlib.AbstractContextManager[list[torch.dtype]]:
+    """`op_dtypes` of the products (mm, bmm, addmm, baddbmm, convolution)."""
+    return op_dtypes(PRODUCTS)
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.conftest import product_dtypes
+from tests.conftest import op_dtypes, product_dtypes
 
 from dicmor.nn.dropout import dropout_matmul
 from dicmor.nn.precision import autocast, autocast_operands, full_precision, widened
@@ -13,6 +13,7 @@ from dicmor.nn.temporal import temporal_conv
 from dicmor.nn.transformer import TransformerLayer
 
 CPU = torch.device("cpu")
+SOFTMAX = ("_softmax", "_softmax_backward_data")
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,11 +101,13 @@ def test_a_transformer_layer_trains_in_bfloat16_close_to_float32() -> None:
     expected = {n: p.grad.clone() for n, p in layer.named_parameters()}
     layer.zero_grad()
     torch.manual_seed(1)
-    with autocast("bfloat16", CPU), product_dtypes() as dtypes:
+    with autocast("bfloat16", CPU), product_dtypes() as dtypes, op_dtypes(SOFTMAX) as softmax:
         out = layer(x, source)
         out.float().square().mean().backward()
-    # The residual stream stays float32; every product, forward and backward, is bfloat16.
+    # The residual stream stays float32; every product, forward and backward, is bfloat16;
+    # the attention's softmax (and its backward) runs in float32 on the bfloat16 scores.
     assert dtypes and set(dtypes) == {torch.bfloat16}, dtypes
+    assert softmax and set(softmax) == {torch.float32}, softmax
     assert relative(out, reference) < 2e-2
     for name, parameter in layer.named_parameters():
         assert parameter.grad.dtype == torch.float32, name
