@@ -17,6 +17,7 @@ order, once with their own operands and once with one operand set per shape, who
 what reading the weights from memory, not cache, costs.
 
 Usage: python benchmarks/op_time.py [--case mosei:1] [--steps 3] [--threads 2] [--top 25]
+                                   [--precision float32|bfloat16]
        python benchmarks/op_time.py --inference [--case mosi:1] [--steps 100]
 """
 
@@ -70,6 +71,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=25, help="rows of each table")
     parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the training step's arithmetic (train.precision)",
+    )
+    parser.add_argument(
         "--inference", action="store_true", help="the batch-1 traced forward instead of a step"
     )
     args = parser.parse_args()
@@ -83,7 +90,7 @@ def main() -> None:
         return
     args.steps = args.steps or 3
     dataset, kept = args.case.split(":")
-    _, train_step = training_setup(dataset, parse_kept(kept), torch.device("cpu"))
+    _, train_step = training_setup(dataset, parse_kept(kept), torch.device("cpu"), args.precision)
 
     # After two warm-up calls; a call of an ``r`` case takes a step on each of several batches.
     plain = timed(train_step, args.steps, torch.device("cpu")) / train_step.steps
@@ -98,8 +105,9 @@ def main() -> None:
         by_operator["products" if name in PRODUCTS else name] += ms
     total = sum(per_step.values())
     print(
-        f"{args.case}, batch {BATCH[dataset]}, {args.threads} threads: plain step "
-        f"{1000 * plain:.1f} ms (median of {args.steps}); inside its ATen calls {total:.1f} ms"
+        f"{args.case}, batch {BATCH[dataset]}, {args.threads} threads, {args.precision}: "
+        f"plain step {1000 * plain:.1f} ms (median of {args.steps}); "
+        f"inside its ATen calls {total:.1f} ms"
     )
     print(f"\n{'ms/step':>8s}  operator")
     for name, ms in sorted(by_operator.items(), key=lambda kv: -kv[1])[: args.top]:

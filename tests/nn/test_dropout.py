@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from dicmor.nn.dropout import Dropout, dropout, dropout_matmul, thin_right_product
+from dicmor.nn.dropout import Dropout, _bits, dropout, dropout_matmul, thin_right_product
 
 
 def test_drops_the_given_fraction_and_stays_unbiased() -> None:
@@ -139,3 +139,14 @@ def test_dropout_matmul_outside_training_takes_a_thin_value_on_the_left() -> Non
         out = dropout_matmul(weights, values, 0.3, training=False)
     torch.testing.assert_close(out, weights @ values)
     assert shapes == [(12, 4, 46)]
+
+
+def test_mask_bits_cover_every_16_bit_value_in_each_lane() -> None:
+    """Each of the four 16-bit lanes of a 64-bit draw is uniform over [-32768, 32767]: a draw
+    over [0, 2**63) instead would leave the top lane without its negative half."""
+    torch.manual_seed(0)
+    bits = _bits(torch.empty(4 * 1_000_000)).view(-1, 4).to(torch.float64)
+    for lane in bits.T:
+        assert lane.min() == -32768 and lane.max() == 32767
+        assert abs(lane.mean()) < 150  # its standard error is 18919 / sqrt(1e6) = 19
+        assert abs((lane < 0).double().mean() - 0.5) < 0.01

@@ -91,7 +91,9 @@ def _bits(x: Tensor) -> Tensor:
     """Uniform int16 values over [-32768, 32767], one per element of ``x``, laid out like a
     contiguous ``x``."""
     n = x.numel()
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+    # `random_(min, None)` draws the whole 64-bit range with no reduction modulo a range, as
+    # `randint(-2**63, 2**63 - 1)` does (406,272 words: 1.35 against 1.56-1.75 ms here).
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
     return words.view(torch.int16)[:n].view(x.shape)
 
 
