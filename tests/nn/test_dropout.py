@@ -150,3 +150,27 @@ def test_mask_bits_cover_every_16_bit_value_in_each_lane() -> None:
         assert lane.min() == -32768 and lane.max() == 32767
         assert abs(lane.mean()) < 150  # its standard error is 18919 / sqrt(1e6) = 19
         assert abs((lane < 0).double().mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize("use_matmul", [False, True])
+def test_groups_that_drop_nothing_draw_nothing(use_matmul: bool) -> None:
+    """With probabilities (0, 0.2, 0, 0.5) only groups 1 and 3 draw: the generator moves on by
+    their words alone, and group 3 takes the bits right after group 1's."""
+    p = (0.0, 0.2, 0.0, 0.5)
+    weights = torch.rand(4 * 3, 2, 6, 6, dtype=torch.float64)  # G·B rows, B = 3
+    values = torch.randn(4 * 3, 2, 6, 2, dtype=torch.float64)
+    torch.manual_seed(5)
+    if use_matmul:
+        out = dropout_matmul(weights, values, p)
+    else:
+        out = dropout(weights.view(4, -1), p).view_as(weights) @ values
+    after = torch.rand(8)
+    torch.manual_seed(5)
+    bits = _bits(torch.empty(2, 216))  # 216 elements per group
+    torch.testing.assert_close(torch.rand(8), after, rtol=0, atol=0)
+    levels = [round(v * 65536) for v in (0.2, 0.5)]
+    masks = [(bits[i] >= lv - 32768).double() * 65536 / (65536 - lv) for i, lv in enumerate(levels)]
+    expected = weights.view(4, -1).clone()
+    expected[1] *= masks[0]
+    expected[3] *= masks[1]
+    torch.testing.assert_close(out, expected.view_as(weights) @ values)
