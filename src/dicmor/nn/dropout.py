@@ -95,14 +95,18 @@ def _mixed_mask(x: Tensor, p: tuple[float, ...]) -> Tensor:
     group order (the draws `dropout_matmul` takes for the same groups)."""
     mask = torch.ones(x.shape, dtype=x.dtype)
     dropping = [g for g, v in enumerate(p) if v > 0.0]
-    if not dropping:
-        return mask
     bits = _bits(mask[: len(dropping)])
     for rows, g in zip(bits, dropping, strict=True):
-        level = round(p[g] * _LEVELS)
-        torch.ge(rows, level - _LEVELS // 2, out=mask[g])
-        mask[g].mul_(_LEVELS / (_LEVELS - level))
+        _scaled_keep(rows, p[g], out=mask[g])
     return mask
+
+
+def _scaled_keep(bits: Tensor, p: float, out: Tensor) -> Tensor:
+    """``out`` (a float tensor of ``bits``' shape) set to the mask that ``bits`` give for a drop
+    probability ``p``: 0 where dropped, the inverse quantised keep probability elsewhere."""
+    level = round(p * _LEVELS)
+    torch.ge(bits, level - _LEVELS // 2, out=out)
+    return out.mul_(_LEVELS / (_LEVELS - level))
 
 
 def _bits(x: Tensor) -> Tensor:
@@ -223,12 +227,10 @@ def dropout_matmul(
     masks, offset = [], 0
     for start, stop, dropping in runs:
         if dropping:
-            level = round(p[start // per_group] * _LEVELS)
             rows = bits[offset : offset + stop - start]
             offset += stop - start
             mask = torch.empty(rows.shape, dtype=weights.dtype)
-            torch.ge(rows, level - _LEVELS // 2, out=mask)
-            masks.append(mask.mul_(_LEVELS / (_LEVELS - level)))
+            masks.append(_scaled_keep(rows, p[start // per_group], out=mask))
     return _DroppedProduct.apply(weights, values, runs, *masks)
 
 
