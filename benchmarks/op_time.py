@@ -17,7 +17,7 @@ order, once with their own operands and once with one operand set per shape, who
 what reading the weights from memory, not cache, costs.
 
 Usage: python benchmarks/op_time.py [--case mosei:1] [--steps 3] [--threads 2] [--top 25]
-                                   [--precision float32|bfloat16]
+                                   [--precision float32|bfloat16] [--batch 16]
        python benchmarks/op_time.py --inference [--case mosi:1] [--steps 100]
 """
 
@@ -76,6 +76,7 @@ def main() -> None:
         default="float32",
         help="the training step's arithmetic (train.precision)",
     )
+    parser.add_argument("--batch", type=int, help="clips a batch (speed.py's for the dataset)")
     parser.add_argument(
         "--inference", action="store_true", help="the batch-1 traced forward instead of a step"
     )
@@ -90,7 +91,10 @@ def main() -> None:
         return
     args.steps = args.steps or 3
     dataset, kept = args.case.split(":")
-    _, train_step = training_setup(dataset, parse_kept(kept), torch.device("cpu"), args.precision)
+    batch = args.batch or BATCH[dataset]
+    _, train_step = training_setup(
+        dataset, parse_kept(kept), torch.device("cpu"), args.precision, batch
+    )
 
     # After two warm-up calls; a call of an ``r`` case takes a step on each of several batches.
     plain = timed(train_step, args.steps, torch.device("cpu")) / train_step.steps
@@ -105,7 +109,7 @@ def main() -> None:
         by_operator["products" if name in PRODUCTS else name] += ms
     total = sum(per_step.values())
     print(
-        f"{args.case}, batch {BATCH[dataset]}, {args.threads} threads, {args.precision}: "
+        f"{args.case}, batch {batch}, {args.threads} threads, {args.precision}: "
         f"plain step {1000 * plain:.1f} ms (median of {args.steps}); "
         f"inside its ATen calls {total:.1f} ms"
     )

@@ -9,7 +9,7 @@ Batch-1 inference is timed with the plain forward and with the traced one (`dicm
 what ``predict(fast=True)`` runs).
 
 Usage: python benchmarks/speed.py [--threads 2] [--repeats 5] [--device cpu]
-                                  [--precision float32|bfloat16]
+                                  [--precision float32|bfloat16] [--batch N]
        python benchmarks/speed.py --before COMMIT [--rounds 2]   (make bench BEFORE=COMMIT)
 
 With ``--before`` every case runs with the code of that commit (a temporary git worktree) and
@@ -102,13 +102,18 @@ def timed(fn, repeats: int, device: torch.device) -> float:
 
 
 def training_setup(
-    dataset: str, kept: int | str, device: torch.device, precision: str = "float32"
+    dataset: str,
+    kept: int | str,
+    device: torch.device,
+    precision: str = "float32",
+    batch: int | None = None,
 ) -> tuple:
     """DiCMoR in its published configuration for ``dataset``, in its protocol stage, and one
     training step on a random batch with ``kept`` modalities available: (model, train_step).
     For ``r``, ``train_step`` takes one step on each of `RANDOM_BATCHES` batches of different
     patterns (``train_step.steps``). The forward and losses run in ``precision``, as the
-    training loop runs them (`dicmor.nn.precision.autocast`)."""
+    training loop runs them (`dicmor.nn.precision.autocast`). ``batch`` clips a batch
+    (`BATCH`'s for the dataset unless given)."""
     import contextlib
     import functools
 
@@ -125,7 +130,7 @@ def training_setup(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=True)
     batches = [
-        make_batch(dims, BATCH[dataset], kept, device, seed=i)
+        make_batch(dims, batch or BATCH[dataset], kept, device, seed=i)
         for i in range(RANDOM_BATCHES if kept == "r" else 1)
     ]
 
@@ -150,11 +155,17 @@ def training_setup(
 
 
 def run_case(
-    dataset: str, kept: int | str, repeats: int, device_name: str, precision: str = "float32"
+    dataset: str,
+    kept: int | str,
+    repeats: int,
+    device_name: str,
+    precision: str = "float32",
+    batch: int | None = None,
 ) -> dict:
     device = torch.device(device_name)
     dims = SHAPES[dataset]
-    model, train_step = training_setup(dataset, kept, device, precision)
+    batch = batch or BATCH[dataset]
+    model, train_step = training_setup(dataset, kept, device, precision, batch)
     step = timed(train_step, repeats, device) / train_step.steps
     model.eval()
     latency = {}
@@ -176,11 +187,11 @@ def run_case(
             raise RuntimeError(f"traced forward fell back: {traced.fallbacks}")
     return {
         "dataset": dataset,
-        "batch": BATCH[dataset],
+        "batch": batch,
         "kept": kept,
         "precision": precision,
         "train_step_ms": 1000 * step,
-        "samples_per_s": BATCH[dataset] / step,
+        "samples_per_s": batch / step,
         "infer_b1_ms": 1000 * latency[1],
         "infer_b32_ms": 1000 * latency[32],
         "infer_b1_traced_ms": None if traced_b1 is None else 1000 * traced_b1,
@@ -204,6 +215,8 @@ def _case(
     command += ["--repeats", str(args.repeats), "--device", args.device]
     if precision != "float32":
         command += ["--precision", precision]
+    if args.batch:
+        command += ["--batch", str(args.batch)]
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -284,12 +297,17 @@ def main() -> None:
         choices=("float32", "bfloat16"),
         help="the training step's arithmetic (train.precision; this checkout's code only)",
     )
+    parser.add_argument(
+        "--batch", type=int, help="clips a training batch (default: the dataset's, BATCH)"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.case:
         dataset, kept = args.case.split(":")
-        result = run_case(dataset, parse_kept(kept), args.repeats, args.device, args.precision)
+        result = run_case(
+            dataset, parse_kept(kept), args.repeats, args.device, args.precision, args.batch
+        )
         print(json.dumps(result))
         return
     if args.before:
@@ -298,6 +316,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {args.threads} threads, device {args.device},"
         f" training in {args.precision}"
+        + (f", training batches of {args.batch}" if args.batch else "")
     )
     header = (
         "case          step ms  samples/s  infer b1 ms  b1 traced ms  infer b32 ms  params M"

@@ -92,11 +92,32 @@ def test_only_this_checkouts_cases_get_the_precision(monkeypatch) -> None:
         return subprocess.CompletedProcess(command, 0, stdout='{"train_step_ms": 1.0}\n')
 
     monkeypatch.setattr(speed.subprocess, "run", run)
-    args = argparse.Namespace(threads=2, repeats=1, device="cpu")
+    args = argparse.Namespace(threads=2, repeats=1, device="cpu", batch=None)
     speed._case("mosi:1", args, Path("before/src"))
     speed._case("mosi:1", args, Path("after/src"), "bfloat16")
     assert "--precision" not in commands[0]
     assert commands[1][commands[1].index("--precision") + 1] == "bfloat16"
+    assert all("--batch" not in command for command in commands)
+    # A batch size given goes to both codes' cases.
+    args.batch = 8
+    speed._case("mosi:1", args, Path("before/src"))
+    speed._case("mosi:1", args, Path("after/src"), "bfloat16")
+    assert all(command[command.index("--batch") + 1] == "8" for command in commands[2:])
+
+
+def test_the_training_batch_is_the_size_asked_for() -> None:
+    import batch_scaling
+    import speed
+
+    for batch, expected in ((3, 3), (None, speed.BATCH["mosi"])):
+        model, train_step = speed.training_setup("mosi", 1, torch.device("cpu"), batch=batch)
+        sizes = []
+        model.extractors.register_forward_pre_hook(
+            lambda _, args, seen=sizes: seen.append(args[0]["available"].shape[0])
+        )
+        train_step()
+        assert sizes == [expected]
+    assert batch_scaling.per_clips(2.0, 8, 4) == 1.0  # 2 s for 8 clips: 1 s per 4
 
 
 def test_the_precision_comparison_alternates_which_goes_first() -> None:
