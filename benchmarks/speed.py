@@ -9,7 +9,7 @@ Batch-1 inference is timed with the plain forward and with the traced one (`dicm
 what ``predict(fast=True)`` runs).
 
 Usage: python benchmarks/speed.py [--threads 2] [--repeats 5] [--device cpu]
-                                  [--precision float32|bfloat16] [--batch N]
+                                  [--precision float32|bfloat16] [--batch N] [--window N]
        python benchmarks/speed.py --before COMMIT [--rounds 2]   (make bench BEFORE=COMMIT)
 
 With ``--before`` every case runs with the code of that commit (a temporary git worktree) and
@@ -107,13 +107,20 @@ def training_setup(
     device: torch.device,
     precision: str = "float32",
     batch: int | None = None,
+    window: int = 1,
 ) -> tuple:
     """DiCMoR in its published configuration for ``dataset``, in its protocol stage, and one
     training step on a random batch with ``kept`` modalities available: (model, train_step).
     For ``r``, ``train_step`` takes one step on each of `RANDOM_BATCHES` batches of different
     patterns (``train_step.steps``). The forward and losses run in ``precision``, as the
     training loop runs them (`dicmor.nn.precision.autocast`). ``batch`` clips a batch
-    (`BATCH`'s for the dataset unless given)."""
+    (`BATCH`'s for the dataset unless given).
+
+    With ``window`` > 1 the batches make accumulation windows of that many micro-batches
+    (``train.grad_accum``; summed gradients clipped after each, one optimiser step a window),
+    run at once as ``train.concurrent_batches: window`` runs them where the code has it
+    (`dicmor.training.loop`), one after the other otherwise; ``train_step.steps`` counts the
+    micro-batches."""
     import contextlib
     import functools
 
@@ -129,10 +136,10 @@ def training_setup(
         model.begin_stage(stage)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-4, fused=True)
-    batches = [
-        make_batch(dims, batch or BATCH[dataset], kept, device, seed=i)
-        for i in range(RANDOM_BATCHES if kept == "r" else 1)
-    ]
+    count = RANDOM_BATCHES if kept == "r" else 1
+    count = window * -(-count // window)  # whole windows
+    size = batch or BATCH[dataset]
+    batches = [make_batch(dims, size, kept, device, seed=i) for i in range(count)]
 
     context = contextlib.nullcontext
     if precision != "float32":  # code from before the option has no `dicmor.nn.precision`
@@ -140,18 +147,54 @@ def training_setup(
 
         context = functools.partial(autocast, precision, device)
 
+    concurrent = _concurrent_windows(model, params, precision, window, device)
+
     def train_step() -> None:
         model.train()
-        for batch in batches:
-            with context():
-                losses = model.loss(model(batch), batch)
+        for start in range(0, len(batches), window):
             optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_value_(params, 0.6, foreach=True)
+            group = batches[start : start + window]
+            if concurrent is not None:
+                concurrent(group)
+            else:
+                for batch in group:
+                    with context():
+                        losses = model.loss(model(batch), batch)
+                    losses["total"].backward()
+                    torch.nn.utils.clip_grad_value_(params, 0.6, foreach=True)
             optimizer.step()
 
     train_step.steps = len(batches)
     return model, train_step
+
+
+def _concurrent_windows(model, params: list, precision: str, window: int, device: torch.device):
+    """``group -> None``: one accumulation window's micro-batches at once, as the training loop
+    runs them; ``None`` for one at a time (a window of 1, or code without the option)."""
+    if window == 1:
+        return None
+    try:
+        from dicmor.training.loop import _concurrent
+    except ImportError:  # code from before `train.concurrent_batches`
+        return None
+    import types
+
+    from dicmor.config import TrainConfig
+
+    config = TrainConfig(
+        grad_accum=window, concurrent_batches=window, precision=precision, clip_value=0.6
+    )
+    split = types.SimpleNamespace(device=device, shard=None)
+
+    def engine(batch: dict) -> tuple:
+        losses = model.loss(model(batch), batch)
+        return losses["total"], losses
+
+    def run(group: list[dict]) -> None:
+        chunk = list(enumerate(group, start=1))
+        _concurrent(chunk, engine, params, config, split, "bench", 1, True)
+
+    return run
 
 
 def run_case(
@@ -161,11 +204,12 @@ def run_case(
     device_name: str,
     precision: str = "float32",
     batch: int | None = None,
+    window: int = 1,
 ) -> dict:
     device = torch.device(device_name)
     dims = SHAPES[dataset]
     batch = batch or BATCH[dataset]
-    model, train_step = training_setup(dataset, kept, device, precision, batch)
+    model, train_step = training_setup(dataset, kept, device, precision, batch, window)
     step = timed(train_step, repeats, device) / train_step.steps
     model.eval()
     latency = {}
@@ -217,6 +261,8 @@ def _case(
         command += ["--precision", precision]
     if args.batch:
         command += ["--batch", str(args.batch)]
+    if getattr(args, "window", 1) > 1:
+        command += ["--window", str(args.window)]
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -247,7 +293,8 @@ def compare(commit: str, args: argparse.Namespace) -> None:
     try:
         print(
             f"before: {commit} (float32); after: this checkout (training in {args.precision});"
-            f" {args.threads} threads, {args.device}"
+            + (f" windows of {args.window} micro-batches;" if args.window > 1 else "")
+            + f" {args.threads} threads, {args.device}"
         )
         header = "case          " + "  ".join(f"{c:>24s}" for c in COLUMNS)
         print(
@@ -300,13 +347,27 @@ def main() -> None:
     parser.add_argument(
         "--batch", type=int, help="clips a training batch (default: the dataset's, BATCH)"
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        help="micro-batches a training step accumulates (one optimiser step), run at once "
+        "(train.concurrent_batches) by code that has the option; the step time is per "
+        "micro-batch",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.case:
         dataset, kept = args.case.split(":")
         result = run_case(
-            dataset, parse_kept(kept), args.repeats, args.device, args.precision, args.batch
+            dataset,
+            parse_kept(kept),
+            args.repeats,
+            args.device,
+            args.precision,
+            args.batch,
+            args.window,
         )
         print(json.dumps(result))
         return
@@ -317,6 +378,7 @@ def main() -> None:
         f"torch {torch.__version__}, {args.threads} threads, device {args.device},"
         f" training in {args.precision}"
         + (f", training batches of {args.batch}" if args.batch else "")
+        + (f", windows of {args.window} micro-batches" if args.window > 1 else "")
     )
     header = (
         "case          step ms  samples/s  infer b1 ms  b1 traced ms  infer b32 ms  params M"

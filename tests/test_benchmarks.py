@@ -128,3 +128,32 @@ def test_the_precision_comparison_alternates_which_goes_first() -> None:
     seconds = precision.alternating(steps, 3)
     assert order == ["a", "b", "b", "a", "a", "b"]
     assert all(len(v) == 3 for v in seconds.values())
+
+
+def test_a_window_of_micro_batches_runs_at_once_with_one_optimiser_step(monkeypatch) -> None:
+    import speed
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import dicmor.training.loop as loop
+    from dicmor import concurrency
+
+    scopes = []
+    enter = concurrency.micro_batch
+
+    def counting(*args, **kwargs):
+        scopes.append(1)
+        return enter(*args, **kwargs)
+
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda *_: steps.append(1))
+    monkeypatch.setattr(loop, "micro_batch", counting)
+    try:
+        _, train_step = speed.training_setup("mosi", "r", torch.device("cpu"), window=3)
+        train_step()
+    finally:
+        handle.remove()
+    # 8 random batches make 3 windows of 3 (9 micro-batches), each in a scope of its own.
+    assert train_step.steps == 9
+    assert len(steps) == 3
+    assert len(scopes) == 9
+    assert speed._concurrent_windows(None, [], "float32", 1, torch.device("cpu")) is None

@@ -197,6 +197,17 @@ class TrainConfig:
     Test predictions are always float32."""
     num_threads: int | None = None
     """CPU threads for PyTorch; ``None`` keeps PyTorch's default."""
+    concurrent_batches: int = 1
+    """On CPU, run up to this many micro-batches of one accumulation window (``grad_accum``)
+    at once, each on a thread of its own with an equal share of the CPU threads. Above 1,
+    every micro-batch draws its dropout from generators of its own, seeded in micro-batch order
+    from the global one (`dicmor.concurrency`): a different random stream from a run at 1, as
+    another seed is. Given that, micro-batches at once compute exactly what they compute one
+    after the other with the same threads each (the same weights, the gradients summed and
+    clipped in micro-batch order), so only speed and memory change: the many small operations
+    of a MOSEI-sized step keep two cores busier than one step can (README, "Micro-batches at
+    once"), and each one in flight holds its activations. Methods that support it: ``dicmor``,
+    ``zero_fill``; one process only (not with ``--nproc``)."""
     progress: bool = True
     """Show progress bars."""
     save_recovered: bool = True
@@ -227,6 +238,10 @@ class TrainConfig:
         if self.clip_value is not None and not 0 < self.clip_value < math.inf:
             raise ConfigError(
                 f"train.clip_value must be a positive finite number, got {self.clip_value}"
+            )
+        if self.concurrent_batches < 1:
+            raise ConfigError(
+                f"train.concurrent_batches must be >= 1, got {self.concurrent_batches}"
             )
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1, got {self.num_threads}")

@@ -139,6 +139,11 @@ class MultimodalModel(nn.Module, abc.ABC):
     """Base class of every registered method."""
 
     name: ClassVar[str] = ""
+    concurrent_batches: ClassVar[bool] = False
+    """Whether two training micro-batches of this method may run at once
+    (``train.concurrent_batches``): its forward and loss draw random numbers only from
+    `dicmor.concurrency.generator` and change the model's state only in `in_turn` sections or
+    before `concurrency_ready` holds."""
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__()
@@ -178,6 +183,11 @@ class MultimodalModel(nn.Module, abc.ABC):
         for name, module in children.items():
             for p in module.parameters():
                 p.requires_grad_(name not in stage.frozen)
+
+    def concurrency_ready(self) -> bool:
+        """Whether the next training micro-batches may run two at a time now (for a method whose
+        first batch initialises state from the data: once it has)."""
+        return True
 
     @abc.abstractmethod
     def forward(self, batch: Batch) -> ModelOutput:

@@ -20,8 +20,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dicmor.concurrency import generator, in_turn
 from dicmor.config import ConfigError, ModelConfig
 from dicmor.data.labels import prior_classes
+from dicmor.flows.actnorm import ActNorm
 from dicmor.flows.glow import Flow
 from dicmor.flows.prior import ClassConditionalPrior, nll_bits_per_dim
 from dicmor.fusion.mult import MulT
@@ -113,6 +115,8 @@ class DiCMoRConfig:
 @register("dicmor", config=DiCMoRConfig)
 class DiCMoR(Recovering):
     """Class-specific flows recover missing modalities; MulT fuses (Wang et al., ICCV 2023)."""
+
+    concurrent_batches = True
 
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__(info, config)
@@ -211,14 +215,13 @@ class DiCMoR(Recovering):
         missing_any = not bool(available.all())
         latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         recovered: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.training:
-            self._track_bounds(features, available)
+        bound = self._track_bounds(features, available) if self.training else self.feature_bound
         if self._flows_active and (self.training or missing_any or simulated is not None):
             latents = self._encode(features, available)
             if simulated is not None:
-                _, recovered = self._recover(features, simulated, latents)
+                _, recovered = self._recover(features, simulated, latents, bound)
             elif missing_any:
-                features, recovered = self._recover(features, available, latents)
+                features, recovered = self._recover(features, available, latents, bound)
         prediction = self.fusion(features)
         if self.info.task == "regression":
             prediction = prediction.squeeze(-1)  # (B,)
@@ -230,10 +233,25 @@ class DiCMoR(Recovering):
         }
 
     @torch.no_grad()
-    def _track_bounds(self, features: dict[str, torch.Tensor], available: torch.Tensor) -> None:
+    def _track_bounds(
+        self, features: dict[str, torch.Tensor], available: torch.Tensor
+    ) -> torch.Tensor:
+        """Raise the bound to this batch's largest magnitudes; the bound this batch recovers
+        within, as it stands after its own update (a micro-batch running beside it, see
+        `dicmor.concurrency`, updates the buffer after it and does not move this one)."""
         seen = torch.stack([features[m].abs().amax(dim=(1, 2)) for m in self.info.modality_names])
         seen = (seen * available.T.to(seen.dtype)).amax(dim=1)  # (M,)
-        self.feature_bound.copy_(torch.maximum(self.feature_bound, seen))
+        with in_turn():
+            self.feature_bound.copy_(torch.maximum(self.feature_bound, seen))
+            return self.feature_bound.clone()
+
+    def concurrency_ready(self) -> bool:
+        """Whether training micro-batches may now run two at a time: once the first batch has
+        initialised ActNorm and the prior (state that a forward sets only once)."""
+        if self.flows is None or not self._flows_active:
+            return True
+        actnorms = [m for m in self.flows.modules() if isinstance(m, ActNorm)]
+        return bool(self.prior_initialized) and all(bool(m.initialized.all()) for m in actnorms)
 
     def _dequantized(self, stacked: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
         """``stacked: (M, B, d, T')`` plus Gaussian noise of ``dequantize`` times each
@@ -241,13 +259,19 @@ class DiCMoR(Recovering):
         scale = self.options.dequantize
         if scale == 0 or not self.training:
             return stacked
-        if self._noise is None or self._noise.device != stacked.device:
+        noise_generator = generator("dequantize", stacked.device)  # a micro-batch's own
+        if noise_generator is None and (
+            self._noise is None or self._noise.device != stacked.device
+        ):
             self._noise = torch.Generator(stacked.device).manual_seed(self._noise_seed)
         weights = available.T.to(stacked.dtype)[:, :, None, None]  # (M, B, 1, 1)
         count = (weights.sum(dim=1) * stacked.shape[2] * stacked.shape[3]).clamp(min=1.0)
         rms = ((stacked.square() * weights).sum(dim=1) / count).sqrt()  # (M, 1, 1)
         noise = torch.randn(
-            stacked.shape, generator=self._noise, device=stacked.device, dtype=stacked.dtype
+            stacked.shape,
+            generator=self._noise if noise_generator is None else noise_generator,
+            device=stacked.device,
+            dtype=stacked.dtype,
         )
         return stacked + scale * rms[:, None] * noise
 
@@ -319,10 +343,11 @@ class DiCMoR(Recovering):
         features: dict[str, torch.Tensor],
         available: torch.Tensor,
         latents: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        feature_bound: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """Fill every entry that ``available: (B, M)`` hides from that sample's entries it
         shows (``latents`` may cover more samples than ``available`` shows: they are weighted
-        out).
+        out); decoded values are kept within ``feature_bound: (M,)``.
 
         The latents enter detached unless ``recovery_trains_flows``: the flows then learn from
         their NLL only.
@@ -358,7 +383,7 @@ class DiCMoR(Recovering):
                 )  # (len(targets), n, d, T')
             else:
                 decoded = self._inverse(recovery.inputs(fused), targets)  # (len(targets), n, d, T')
-            bound = self.feature_bound[targets][:, None, None, None]
+            bound = feature_bound[targets][:, None, None, None]
             decoded = torch.nan_to_num(decoded, nan=0.0).clamp(-bound, bound)
             refined = decoded if self.refiners is None else self.refiners(decoded, group=targets)
             refinements.update(recovery.estimates(refined))

@@ -17,6 +17,8 @@ from dicmor.registry import register
 class ZeroFill(MultimodalModel):
     """Shallow extractors → MulT → prediction; a missing modality's features are zeros."""
 
+    concurrent_batches = True
+
     def __init__(self, info: DataInfo, config: ModelConfig) -> None:
         super().__init__(info, config)
         self.extractors = ShallowExtractors(info, config)

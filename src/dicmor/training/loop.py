@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from dicmor.concurrency import micro_batch, new_seed
 from dicmor.config import TrainConfig
 from dicmor.data.batches import Batches
 from dicmor.models.base import MultimodalModel
@@ -104,6 +106,93 @@ def _engine(model: MultimodalModel, objective: str, device: torch.device) -> Cal
     )
 
 
+def _forward(
+    engine: Callable,
+    batch: dict,
+    config: TrainConfig,
+    train: Batches,
+    desc: str,
+    epoch: int,
+    step: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch's objective (weighted for its rank's share) and named losses."""
+    with autocast(config.precision, train.device):
+        total, losses = engine(batch)
+    if not torch.isfinite(losses["total"]) or not torch.isfinite(total):
+        raise TrainingError(
+            f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
+            + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        )
+    world = distributed.current()
+    if world is not None and train.shard is not None:
+        # The ranks' gradients are averaged: weighted by each one's share of the batch, that
+        # is the gradient of the whole batch's mean loss.
+        total = total * (train.sizes[0] * world.size / train.sizes[1])
+    return total, losses
+
+
+def _concurrent(
+    chunk: list[tuple[int, dict]],
+    engine: Callable,
+    params: list[torch.nn.Parameter],
+    config: TrainConfig,
+    train: Batches,
+    desc: str,
+    epoch: int,
+    update: bool,
+) -> list[dict[str, torch.Tensor]]:
+    """The micro-batches of ``chunk`` (one accumulation window's, the last one closing it when
+    ``update``), each on a thread of its own with an equal share of the CPU threads; their
+    gradients are then accumulated and clipped in micro-batch order, exactly as one after the
+    other. Returns each one's losses."""
+    seeds = [new_seed() for _ in chunk]  # drawn in micro-batch order, as one at a time
+    turns = [threading.Event() for _ in chunk]
+    results: list[Any] = [None] * len(chunk)
+
+    def work(i: int) -> None:
+        step, batch = chunk[i]
+        try:
+            with micro_batch(seeds[i], turns[i - 1] if i else None, turns[i]):
+                total, losses = _forward(engine, batch, config, train, desc, epoch, step)
+                if config.accumulation == "mean":
+                    total = total / config.grad_accum
+                grads = torch.autograd.grad(total, params, allow_unused=True)
+            results[i] = (grads, losses)
+        except BaseException as error:  # re-raised in the loop's thread, in order
+            results[i] = error
+            turns[i].set()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // len(chunk)))
+    try:
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(len(chunk))]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    last = len(chunk) - 1
+    for i, (grads, _) in enumerate(results):
+        for p, grad in zip(params, grads, strict=True):
+            if grad is None:
+                continue
+            if p.grad is None:
+                # In the parameter's layout, as autograd's accumulation keeps it (the fused
+                # optimisers step by the parameter's strides).
+                p.grad = grad if grad.stride() == p.stride() else torch.empty_like(p).copy_(grad)
+            else:
+                p.grad.add_(grad)
+        if config.clip_value is not None and (
+            config.accumulation == "sum" or (update and i == last)
+        ):
+            torch.nn.utils.clip_grad_value_(params, config.clip_value, foreach=True)
+    return [losses for _, losses in results]
+
+
 def _backward(
     total: torch.Tensor, params: list[torch.nn.Parameter], config: TrainConfig, update: bool
 ) -> None:
@@ -165,6 +254,16 @@ def fit(
     check_precision(config.precision, train.device)
     params = [p for p in model.parameters() if p.requires_grad]
     world = distributed.current()
+    if config.concurrent_batches > 1:
+        if not model.concurrent_batches:
+            raise TrainingError(
+                f"train.concurrent_batches: method '{model.name}' does not support running "
+                "micro-batches at once; set it to 1"
+            )
+        if world is not None or train.device.type != "cpu":
+            raise TrainingError(
+                "train.concurrent_batches > 1 runs on CPU in one process only; set it to 1"
+            )
     engine = _engine(model, objective, train.device)
     optimizer = make_optimizer(
         optimizer_name,
@@ -205,31 +304,38 @@ def fit(
             leave=False,
             disable=None if config.progress and (world is None or world.main) else True,
         )
+        pending: list[tuple[int, dict]] = []
+        scoped = config.concurrent_batches > 1
         for step, batch in enumerate(bar, start=1):
             update = step % config.grad_accum == 0 or step == len(train)
-            # Mean accumulation reduces the summed gradients once, at the update; the public
-            # code's sum accumulation clips the reduced running sum after every micro-batch.
-            local = not update and config.accumulation == "mean"
-            with engine.no_sync() if local else contextlib.nullcontext():
-                with autocast(config.precision, train.device):
-                    total, losses = engine(batch)
-                if not torch.isfinite(losses["total"]) or not torch.isfinite(total):
-                    raise TrainingError(
-                        f"{desc}: non-finite loss at epoch {epoch}, step {step}: "
-                        + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                    )
-                if world is not None and train.shard is not None:
-                    # The ranks' gradients are averaged: weighted by each one's share of the
-                    # batch, that is the gradient of the whole batch's mean loss.
-                    total = total * (train.sizes[0] * world.size / train.sizes[1])
-                _backward(total, params, config, update)
+            pending.append((step, batch))
+            # Micro-batches of one accumulation window share the weights: up to
+            # `concurrent_batches` of them run at once, once the model allows it.
+            width = config.concurrent_batches if model.concurrency_ready() else 1
+            if len(pending) < width and not update:
+                continue
+            chunk, pending = pending, []
+            if len(chunk) == 1:
+                # Mean accumulation reduces the summed gradients once, at the update; the
+                # public code's sum accumulation clips the running sum after every micro-batch.
+                local = not update and config.accumulation == "mean"
+                sync = engine.no_sync() if local else contextlib.nullcontext()
+                # With micro-batches at once, each draws from generators of its own, alone too.
+                scope = micro_batch(new_seed()) if scoped else contextlib.nullcontext()
+                with sync, scope:
+                    total, losses = _forward(engine, batch, config, train, desc, epoch, step)
+                    _backward(total, params, config, update)
+                results = [losses]
+            else:
+                results = _concurrent(chunk, engine, params, config, train, desc, epoch, update)
             if update:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            size = _size(train, batch)
-            for key, value in losses.items():
-                sums[key] += float(value.detach()) * size
-            seen += size
+            for (_, done), losses in zip(chunk, results, strict=True):
+                size = _size(train, done)
+                for key, value in losses.items():
+                    sums[key] += float(value.detach()) * size
+                seen += size
             bar.set_postfix(loss=f"{sums['total'] / max(seen, 1):.4f}")
         sums, seen = _summed(sums, seen, train.device)
         valid_losses = _mean_losses(model, valid, config.precision)
