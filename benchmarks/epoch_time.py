@@ -5,6 +5,7 @@ Writes a synthetic file in the exact MMSA layout with the split sizes of CMU-MOS
 each method's stages under the preset's missing protocol.
 
 Usage: python benchmarks/epoch_time.py [--preset mosi] [--methods zero_fill dicmor]
+                                       [--set train.concurrent_batches=2 ...]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 
 from dicmor.config import load_config
 from dicmor.data import load_mmsa
@@ -50,17 +52,32 @@ def main() -> None:
     parser.add_argument("--preset", default="mosi", choices=sorted(SIZES))
     parser.add_argument("--methods", nargs="+", default=["zero_fill", "dicmor"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (YAML value), as `dicmor train --set`",
+    )
     args = parser.parse_args()
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
     torch.set_num_threads(args.threads)
     (n_train, n_valid, _), _ = SIZES[args.preset]
     data = generated_data(args.preset)
     names = data.modality_names
     print(
         f"{args.preset}-shaped file: train {n_train}, valid {n_valid}; torch "
-        f"{torch.__version__}, {args.threads} threads"
+        f"{torch.__version__}, {args.threads} threads" + "".join(f", {item}" for item in args.set)
     )
     for method in args.methods:
-        config = load_config(args.preset, {"model.method": method, "train.progress": False})
+        config = load_config(
+            args.preset, {"model.method": method, "train.progress": False, **overrides}
+        )
         presents = {s: split.present for s, split in data.splits.items()}
         masks = make_masks(config.missing, presents, names, config.train.seed)
         torch.manual_seed(config.train.seed)
