@@ -177,6 +177,7 @@ def _concurrent(
             raise result
     last = len(chunk) - 1
     for i, (grads, _) in enumerate(results):
+        sums, terms = [], []
         for p, grad in zip(params, grads, strict=True):
             if grad is None:
                 continue
@@ -185,7 +186,10 @@ def _concurrent(
                 # optimisers step by the parameter's strides).
                 p.grad = grad if grad.stride() == p.stride() else torch.empty_like(p).copy_(grad)
             else:
-                p.grad.add_(grad)
+                sums.append(p.grad)
+                terms.append(grad)
+        if sums:
+            torch._foreach_add_(sums, terms)
         if config.clip_value is not None and (
             config.accumulation == "sum" or (update and i == last)
         ):
