@@ -8,7 +8,8 @@ the real features (MSE and RBF-kernel MMD), relative to zeros. DiCMoR against
 ``zero_fill_pretrained`` separates the recovery's part of the gain from the complete-data
 stage's; against ``cross_regression``, distribution-consistent from point-estimate recovery.
 
-Usage: python benchmarks/recovery_gain.py [--seeds 6] [--data-seed 0]
+Usage: python benchmarks/recovery_gain.py [--seeds 6] [--data-seed 0] [--methods ...]
+                                          [--set train.concurrent_batches=2 ...]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from dicmor.config import Config, load_config
 from dicmor.data.synthetic import make_classification_dataset
@@ -43,18 +45,33 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.5)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (YAML value), as `dicmor train --set`",
+    )
     args = parser.parse_args()
+    changes = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        changes[key] = yaml.safe_load(value)
+    methods = tuple(args.methods)
     torch.set_num_threads(1)
     shapes = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
     data = make_classification_dataset(
         400, num_classes=6, modalities=shapes, seed=args.data_seed, signal=2.0
     )
-    accuracy: dict[str, list[float]] = {m: [] for m in METHODS}
+    accuracy: dict[str, list[float]] = {m: [] for m in methods}
     # Per method, modality and seed: (MSE recovered, MSE zeros, MMD recovered, MMD zeros).
     gaps: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
     output = Path(tempfile.mkdtemp(prefix="recovery-gain-"))
     for seed in range(1, args.seeds + 1):
-        for method in METHODS:
+        for method in methods:
             epochs = 16 if method == "zero_fill" else 8  # the same total for every method
             overrides = {
                 **SETTINGS,
@@ -62,6 +79,7 @@ def main() -> None:
                 "train.max_epochs": epochs,
                 "train.seed": seed,
                 "output_dir": str(output / method),
+                **changes,
             }
             base = load_config("tiny", overrides)
             protocol = MissingProtocol("random", args.rate)
@@ -75,9 +93,9 @@ def main() -> None:
                 )
                 for m, row in gaps_now.items():
                     gaps.setdefault((method, m), []).append(row)
-        print(f"seed {seed}: " + ", ".join(f"{m} {accuracy[m][-1]:.3f}" for m in METHODS))
+        print(f"seed {seed}: " + ", ".join(f"{m} {accuracy[m][-1]:.3f}" for m in methods))
     print(f"\ntest accuracy at random MR {args.rate}, {args.seeds} seeds (mean ± std)")
-    for m in METHODS:
+    for m in methods:
         values = np.array(accuracy[m])
         print(f"  {m:22s} {values.mean():.3f} ± {values.std(ddof=1):.3f}")
     print("recoveries against zeros, means over seeds (ratio < 1: closer than zeros)")
