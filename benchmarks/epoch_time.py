@@ -47,6 +47,17 @@ def generated_data(preset: str):
         return load_mmsa(path)
 
 
+def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as dotted-key config overrides (values read as YAML)."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="mosi", choices=sorted(SIZES))
@@ -60,12 +71,7 @@ def main() -> None:
         help="override a config value (YAML value), as `dicmor train --set`",
     )
     args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(parser, args.set)
     torch.set_num_threads(args.threads)
     (n_train, n_valid, _), _ = SIZES[args.preset]
     data = generated_data(args.preset)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+from epoch_time import parse_overrides
 
 from dicmor.config import Config, load_config
 from dicmor.data.synthetic import make_classification_dataset
@@ -54,12 +54,7 @@ def main() -> None:
         help="override a config value (YAML value), as `dicmor train --set`",
     )
     args = parser.parse_args()
-    changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        changes[key] = yaml.safe_load(value)
+    changes = parse_overrides(parser, args.set)
     methods = tuple(args.methods)
     torch.set_num_threads(1)
     shapes = {"a": (4, 16), "b": (4, 16), "c": (4, 16)}
