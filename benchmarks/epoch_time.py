@@ -47,6 +47,17 @@ def generated_data(preset: str):
         return load_mmsa(path)
 
 
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """A repeatable ``--set KEY=VALUE`` option (read by `parse_overrides`)."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (YAML value), as `dicmor train --set`",
+    )
+
+
 def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
     """``--set KEY=VALUE`` items as dotted-key config overrides (values read as YAML)."""
     overrides = {}
@@ -63,13 +74,7 @@ def main() -> None:
     parser.add_argument("--preset", default="mosi", choices=sorted(SIZES))
     parser.add_argument("--methods", nargs="+", default=["zero_fill", "dicmor"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (YAML value), as `dicmor train --set`",
-    )
+    add_overrides(parser)
     args = parser.parse_args()
     overrides = parse_overrides(parser, args.set)
     torch.set_num_threads(args.threads)

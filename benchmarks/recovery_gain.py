@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from epoch_time import parse_overrides
+from epoch_time import add_overrides, parse_overrides
 
 from dicmor.config import Config, load_config
 from dicmor.data.synthetic import make_classification_dataset
@@ -46,13 +46,7 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (YAML value), as `dicmor train --set`",
-    )
+    add_overrides(parser)
     args = parser.parse_args()
     changes = parse_overrides(parser, args.set)
     methods = tuple(args.methods)

@@ -207,7 +207,7 @@ class TrainConfig:
     clipped in micro-batch order), so only speed and memory change: the many small operations
     of a MOSEI-sized step keep two cores busier than one step can (README, "Micro-batches at
     once"), and each one in flight holds its activations. Methods that support it: ``dicmor``,
-    ``zero_fill``; one process only (not with ``--nproc``)."""
+    ``zero_fill`` and ``zero_fill_pretrained``; one process only (not with ``--nproc``)."""
     progress: bool = True
     """Show progress bars."""
     save_recovered: bool = True
